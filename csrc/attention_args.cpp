@@ -1,0 +1,127 @@
+#include "attention_args.h"
+
+#include <c10/util/Exception.h>
+
+#include <cmath>
+
+namespace hydrogen {
+
+bool is_supported_float(at::ScalarType dtype) {
+  return dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
+}
+
+AttentionDims check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  TORCH_CHECK_VALUE(q.dim() == 4, op, ": q must have rank 4 [batch, q_heads, q_len, head_dim], got shape ", q.sizes());
+  TORCH_CHECK_VALUE(k.dim() == 4, op, ": k must have rank 4 [n, kv_heads, kv_len, head_dim], got shape ", k.sizes());
+  TORCH_CHECK_VALUE(v.dim() == 4, op, ": v must have rank 4 [n, kv_heads, kv_len, head_dim], got shape ", v.sizes());
+  TORCH_CHECK_VALUE(
+      is_supported_float(q.scalar_type()), op, ": q must be float32, bfloat16 or float16, got ", q.scalar_type());
+  TORCH_CHECK_VALUE(
+      k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
+      ": q, k and v must share one dtype, got q ", q.scalar_type(), ", k ", k.scalar_type(), ", v ", v.scalar_type());
+  TORCH_CHECK_VALUE(
+      k.device() == q.device() && v.device() == q.device(), op, ": q, k and v must be on one device, got q on ",
+      q.device(), ", k on ", k.device(), ", v on ", v.device());
+  TORCH_CHECK_VALUE(
+      k.sizes() == v.sizes(), op, ": k and v must have the same shape, got k ", k.sizes(), " and v ", v.sizes());
+  AttentionDims d{q.size(0), q.size(1), q.size(2), q.size(3), k.size(0), k.size(1), k.size(2)};
+  TORCH_CHECK_VALUE(d.head_dim > 0, op, ": head_dim must be positive, got q shape ", q.sizes());
+  TORCH_CHECK_VALUE(
+      k.size(3) == d.head_dim, op, ": k and v head_dim (", k.size(3), ") must equal q head_dim (", d.head_dim, ")");
+  TORCH_CHECK_VALUE(d.kv_heads > 0, op, ": k and v must have at least one kv head, got shape ", k.sizes());
+  TORCH_CHECK_VALUE(
+      d.q_heads % d.kv_heads == 0, op, ": q_heads (", d.q_heads, ") must be a multiple of kv_heads (", d.kv_heads,
+      ")");
+  return d;
+}
+
+void check_index_tensor(
+    const char* op, const char* name, const c10::optional<at::Tensor>& t, int64_t expected_numel,
+    const at::Tensor& q) {
+  if (!t.has_value()) {
+    return;
+  }
+  const at::Tensor& x = *t;
+  TORCH_CHECK_VALUE(
+      x.scalar_type() == at::kInt || x.scalar_type() == at::kLong, op, ": ", name,
+      " must be an int32 or int64 tensor, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(
+      x.dim() == 1 && x.size(0) == expected_numel, op, ": ", name, " must have shape [", expected_numel, "], got ",
+      x.sizes());
+  TORCH_CHECK_VALUE(
+      x.device() == q.device(), op, ": ", name, " must be on q's device (", q.device(), "), got ", x.device());
+}
+
+AttentionDims check_prefix_args(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& kv_lens,
+    const c10::optional<at::Tensor>& seq_to_prefix) {
+  const char* op = "prefix_attention";
+  AttentionDims d = check_qkv(op, q, k, v);
+  check_index_tensor(op, "kv_lens", kv_lens, d.kv_batch, q);
+  check_index_tensor(op, "seq_to_prefix", seq_to_prefix, d.batch, q);
+  TORCH_CHECK_VALUE(
+      seq_to_prefix.has_value() || d.kv_batch == 1, op,
+      ": seq_to_prefix is required when k and v hold more than one prefix (got ", d.kv_batch, ")");
+  return d;
+}
+
+AttentionDims check_suffix_args(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& kv_lens) {
+  const char* op = "suffix_attention";
+  AttentionDims d = check_qkv(op, q, k, v);
+  TORCH_CHECK_VALUE(
+      d.kv_batch == d.batch, op, ": k and v must hold one sequence per query sequence: expected k.shape[0] == ",
+      d.batch, ", got ", d.kv_batch);
+  check_index_tensor(op, "kv_lens", kv_lens, d.batch, q);
+  return d;
+}
+
+void check_merge_args(const at::TensorList& outs, const at::TensorList& lses) {
+  const char* op = "merge_attention";
+  TORCH_CHECK_VALUE(!outs.empty(), op, ": outs must hold at least one tensor");
+  TORCH_CHECK_VALUE(
+      outs.size() == lses.size(), op, ": outs and lses must have the same length, got ", outs.size(), " and ",
+      lses.size());
+  const at::Tensor& first = outs[0];
+  TORCH_CHECK_VALUE(first.dim() == 4, op, ": outs[0] must have rank 4 [batch, heads, q_len, head_dim], got shape ",
+                    first.sizes());
+  TORCH_CHECK_VALUE(
+      is_supported_float(first.scalar_type()), op, ": outs must be float32, bfloat16 or float16, got ",
+      first.scalar_type());
+  TORCH_CHECK_VALUE(first.size(3) > 0, op, ": head_dim of outs must be positive, got shape ", first.sizes());
+  auto lse_shape = first.sizes().slice(0, 3);
+  for (size_t i = 0; i < outs.size(); ++i) {
+    TORCH_CHECK_VALUE(
+        outs[i].sizes() == first.sizes(), op, ": outs[", i, "] has shape ", outs[i].sizes(), ", expected ",
+        first.sizes());
+    TORCH_CHECK_VALUE(
+        outs[i].scalar_type() == first.scalar_type(), op, ": outs[", i, "] has dtype ", outs[i].scalar_type(),
+        ", expected ", first.scalar_type(), " like outs[0]");
+    TORCH_CHECK_VALUE(
+        lses[i].sizes() == lse_shape, op, ": lses[", i, "] has shape ", lses[i].sizes(), ", expected ", lse_shape);
+    TORCH_CHECK_VALUE(
+        lses[i].scalar_type() == at::kFloat, op, ": lses[", i, "] must be float32, got ", lses[i].scalar_type());
+    TORCH_CHECK_VALUE(
+        outs[i].device() == first.device() && lses[i].device() == first.device(), op, ": outs[", i, "] and lses[", i,
+        "] must be on ", first.device(), " like outs[0], got ", outs[i].device(), " and ", lses[i].device());
+  }
+}
+
+double resolve_scale(const char* op, c10::optional<double> scale, int64_t head_dim) {
+  if (!scale.has_value()) {
+    return 1.0 / std::sqrt(static_cast<double>(head_dim));
+  }
+  TORCH_CHECK_VALUE(std::isfinite(*scale), op, ": scale must be finite, got ", *scale);
+  return *scale;
+}
+
+at::ScalarType resolve_out_dtype(const char* op, c10::optional<at::ScalarType> requested, at::ScalarType fallback) {
+  if (!requested.has_value()) {
+    return fallback;
+  }
+  TORCH_CHECK_VALUE(
+      is_supported_float(*requested), op, ": out_dtype must be float32, bfloat16 or float16, got ", *requested);
+  return *requested;
+}
+
+}  // namespace hydrogen

@@ -1,0 +1,389 @@
+// CPU implementations of the hydrogen ops.
+//
+// Both attention ops share one loop: a work item is a set of stacked query rows that
+// all read the same K/V sequence of one kv head. For prefix attention the rows are
+// every (sequence mapped to the prefix) x (query head of the GQA group) x (query
+// position); for suffix attention they are one sequence's group heads x positions.
+// For each KV tile the item packs K (transposed) and V into fp32 once, then runs a
+// register-blocked product over all its rows, an online softmax and a second product.
+// The [rows, keys] score matrix exists only one tile at a time.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "../attention_args.h"
+#include "tile_kernels.h"
+
+namespace hydrogen {
+namespace {
+
+using cpu::kColPad;
+using cpu::kRowPad;
+
+constexpr int64_t kKeyTile = 256;      // keys per tile: K^T and V tiles stay in L2
+constexpr int64_t kMaxItemRows = 512;  // stacked rows per work item
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Rows of one work item: stacked rows [row_begin, row_end) of the list
+// seqs[s] x group heads g x query positions i, in that nesting order.
+struct WorkItem {
+  int64_t kv_index;  // which K/V sequence (prefix p, or suffix sequence b)
+  int64_t kv_head;
+  int64_t kv_len;    // valid keys of that sequence
+  const int64_t* seqs;
+  int64_t row_begin, row_end;
+};
+
+struct Problem {
+  AttentionDims dims;
+  bool causal;
+  float scale;
+  const at::Tensor* q;
+  const at::Tensor* k;
+  const at::Tensor* v;
+  at::Tensor* out;
+  at::Tensor* lse;
+};
+
+// Keys visible to query position i of a sequence whose K/V has kv_len valid keys.
+int64_t visible_keys(const Problem& pb, int64_t kv_len, int64_t i) {
+  if (!pb.causal) return kv_len;
+  return std::clamp<int64_t>(kv_len - pb.dims.q_len + i + 1, 0, kv_len);
+}
+
+template <typename T>
+float to_float(T x) {
+  return static_cast<float>(x);
+}
+
+template <typename T>
+void store_row(void* base, int64_t offset, const float* src, float mul, int64_t n) {
+  T* dst = static_cast<T*>(base) + offset;
+  for (int64_t d = 0; d < n; ++d) dst[d] = static_cast<T>(src[d] * mul);
+}
+
+void store_out_row(at::Tensor& out, int64_t offset, const float* src, float mul, int64_t n) {
+  switch (out.scalar_type()) {
+    case at::kFloat: return store_row<float>(out.data_ptr(), offset, src, mul, n);
+    case at::kBFloat16: return store_row<at::BFloat16>(out.data_ptr(), offset, src, mul, n);
+    case at::kHalf: return store_row<at::Half>(out.data_ptr(), offset, src, mul, n);
+    default: TORCH_CHECK(false, "hydrogen: unsupported output dtype ", out.scalar_type());
+  }
+}
+
+// Calls fn(T{}) with T the C++ type of one of the supported float dtypes.
+template <typename Fn>
+void dispatch_float(at::ScalarType dtype, Fn&& fn) {
+  switch (dtype) {
+    case at::kFloat: return fn(float{});
+    case at::kBFloat16: return fn(at::BFloat16{});
+    case at::kHalf: return fn(at::Half{});
+    default: TORCH_CHECK(false, "hydrogen: unsupported dtype ", dtype);
+  }
+}
+
+// Per-thread scratch, sized once for the largest item.
+struct Workspace {
+  std::vector<float> q, k, v, scores, acc, m, l, limit, tile_limit, alpha;
+  std::vector<int64_t> out_offset;
+  Workspace(int64_t rows, int64_t dim)
+      : q(rows * dim),
+        k(kKeyTile * dim),
+        v(kKeyTile * round_up(dim, kColPad)),
+        scores(rows * kKeyTile),
+        acc(rows * round_up(dim, kColPad)),
+        m(rows),
+        l(rows),
+        limit(rows),
+        tile_limit(rows),
+        alpha(rows),
+        out_offset(rows) {}
+};
+
+// Converts rows [0, n) of a strided K or V tile into a dense fp32 buffer with leading
+// dimension ld (zero-filling columns D..ld), or returns the tile in place when it
+// already is fp32 and `in_place_ok`.
+template <typename T>
+const float* tile_as_float(const T* src, int64_t stride, int64_t n, int64_t D, int64_t ld, bool in_place_ok,
+                           float* buf, int64_t* ld_out) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (in_place_ok) {
+      *ld_out = stride;
+      return src;
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const T* row = src + j * stride;
+    float* dst = buf + j * ld;
+    for (int64_t c = 0; c < D; ++c) dst[c] = to_float(row[c]);
+    std::fill(dst + D, dst + ld, 0.0f);
+  }
+  *ld_out = ld;
+  return buf;
+}
+
+template <typename T>
+void run_item(const Problem& pb, const WorkItem& item, Workspace& ws) {
+  const AttentionDims& d = pb.dims;
+  const cpu::TileKernels& kern = cpu::tile_kernels();
+  const int64_t D = d.head_dim, G = d.group(), Lq = d.q_len;
+  const int64_t rows = item.row_end - item.row_begin;
+  // Few rows (one sequence's decode): dot-product kernels. Many rows: the stacked
+  // layout, padded to whole register tiles.
+  const bool stacked = rows > cpu::kFewRows;
+  const int64_t rows_p = stacked ? round_up(rows, kRowPad) : rows;
+  const int64_t Dp = stacked ? round_up(D, kColPad) : D;
+  const T* q = pb.q->data_ptr<T>();
+  const at::IntArrayRef qs = pb.q->strides();
+
+  // Gather the stacked, pre-scaled query rows (transposed for the stacked layout).
+  int64_t max_limit = 0;
+  for (int64_t r = 0; r < rows_p; ++r) {
+    if (r >= rows) {  // padding rows see nothing and hold zeros
+      ws.limit[r] = 0.0f;
+      for (int64_t c = 0; c < D; ++c) ws.q[c * rows_p + r] = 0.0f;
+      continue;
+    }
+    const int64_t row = item.row_begin + r;
+    const int64_t i = row % Lq, g = (row / Lq) % G, b = item.seqs[row / (Lq * G)];
+    const int64_t hq = item.kv_head * G + g;
+    ws.out_offset[r] = (b * d.q_heads + hq) * Lq + i;
+    const int64_t lim = visible_keys(pb, item.kv_len, i);
+    ws.limit[r] = static_cast<float>(lim);
+    max_limit = std::max(max_limit, lim);
+    const T* src = q + b * qs[0] + hq * qs[1] + i * qs[2];
+    for (int64_t c = 0; c < D; ++c) ws.q[stacked ? c * rows_p + r : r * D + c] = to_float(src[c]) * pb.scale;
+  }
+  std::fill(ws.acc.begin(), ws.acc.begin() + rows_p * Dp, 0.0f);
+  std::fill(ws.m.begin(), ws.m.begin() + rows_p, -std::numeric_limits<float>::infinity());
+  std::fill(ws.l.begin(), ws.l.begin() + rows_p, 0.0f);
+
+  const at::IntArrayRef ks = pb.k->strides(), vs = pb.v->strides();
+  const T* k = pb.k->data_ptr<T>() + item.kv_index * ks[0] + item.kv_head * ks[1];
+  const T* v = pb.v->data_ptr<T>() + item.kv_index * vs[0] + item.kv_head * vs[1];
+  for (int64_t j0 = 0; j0 < max_limit; j0 += kKeyTile) {
+    const int64_t nk = std::min(kKeyTile, max_limit - j0);
+    // fp32 K/V are read in place; other dtypes are converted once per tile, and every
+    // stacked row of the item reads the converted tile.
+    int64_t ldk = 0, ldv = 0;
+    const float* kt = tile_as_float(k + j0 * ks[2], ks[2], nk, D, D, true, ws.k.data(), &ldk);
+    const float* vt = tile_as_float(v + j0 * vs[2], vs[2], nk, D, Dp, Dp == D, ws.v.data(), &ldv);
+    if (stacked) {
+      for (int64_t r = 0; r < rows_p; ++r) ws.tile_limit[r] = ws.limit[r] - static_cast<float>(j0);
+      kern.scores_t(kt, ldk, nk, D, ws.q.data(), rows_p, ws.scores.data());
+      kern.softmax_t(ws.scores.data(), nk, rows_p, ws.tile_limit.data(), ws.m.data(), ws.l.data(), ws.alpha.data());
+    } else {
+      kern.scores_rows(ws.q.data(), rows, D, kt, ldk, nk, ws.scores.data(), kKeyTile);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t n_valid = std::clamp<int64_t>(static_cast<int64_t>(ws.limit[r]) - j0, 0, nk);
+        ws.alpha[r] = kern.softmax_row(ws.scores.data() + r * kKeyTile, n_valid, nk, &ws.m[r], &ws.l[r]);
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      if (ws.alpha[r] == 1.0f) continue;
+      float* o = ws.acc.data() + r * Dp;
+      for (int64_t c = 0; c < D; ++c) o[c] *= ws.alpha[r];
+    }
+    if (stacked) {
+      kern.accumulate_t(ws.scores.data(), nk, rows_p, vt, ldv, Dp, ws.acc.data());
+    } else {
+      kern.accumulate_rows(ws.scores.data(), kKeyTile, rows, nk, vt, ldv, D, ws.acc.data());
+    }
+  }
+
+  float* lse = pb.lse->data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool empty = ws.l[r] == 0.0f;
+    store_out_row(*pb.out, ws.out_offset[r] * D, ws.acc.data() + r * Dp, empty ? 0.0f : 1.0f / ws.l[r], D);
+    lse[ws.out_offset[r]] = empty ? -std::numeric_limits<float>::infinity() : ws.m[r] + std::log(ws.l[r]);
+  }
+}
+
+// Splits each group of stacked rows into items so that every thread gets work.
+void add_items(
+    std::vector<WorkItem>& items, int64_t kv_index, int64_t kv_len, const int64_t* seqs, int64_t n_seqs,
+    const Problem& pb, int64_t n_groups) {
+  const int64_t rows = n_seqs * pb.dims.group() * pb.dims.q_len;
+  const int64_t want_items = 4 * at::get_num_threads();
+  const int64_t splits = std::max<int64_t>(1, (want_items + n_groups - 1) / n_groups);
+  const int64_t chunk = std::min(kMaxItemRows, round_up((rows + splits - 1) / splits, kRowPad));
+  for (int64_t h = 0; h < pb.dims.kv_heads; ++h) {
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+      items.push_back({kv_index, h, kv_len, seqs, r0, std::min(rows, r0 + chunk)});
+    }
+  }
+}
+
+void run_items(const Problem& pb, const std::vector<WorkItem>& items) {
+  int64_t max_rows = 0;
+  for (const WorkItem& it : items) max_rows = std::max(max_rows, it.row_end - it.row_begin);
+  max_rows = round_up(max_rows, kRowPad);
+  dispatch_float(pb.q->scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+      Workspace ws(max_rows, pb.dims.head_dim);
+      for (int64_t i = begin; i < end; ++i) run_item<T>(pb, items[i], ws);
+    });
+  });
+}
+
+// Reads a validated length tensor into host int64 values, checking each against [0, max_len].
+std::vector<int64_t> read_lengths(
+    const char* op, const c10::optional<at::Tensor>& lens, int64_t n, int64_t max_len, const char* what) {
+  if (!lens.has_value()) return std::vector<int64_t>(n, max_len);
+  at::Tensor t = lens->to(at::kLong).contiguous();
+  const int64_t* p = t.data_ptr<int64_t>();
+  std::vector<int64_t> out(p, p + n);
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK_VALUE(
+        out[i] >= 0 && out[i] <= max_len, op, ": kv_lens[", i, "] = ", out[i], " is outside [0, ", max_len, "] (",
+        what, ")");
+  }
+  return out;
+}
+
+at::Tensor last_dim_contiguous(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
+
+std::tuple<at::Tensor, at::Tensor> allocate_outputs(
+    const at::Tensor& q, const char* op, c10::optional<at::ScalarType> out_dtype) {
+  at::Tensor out = at::empty(q.sizes(), q.options().dtype(resolve_out_dtype(op, out_dtype, q.scalar_type())));
+  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional<at::Tensor>& kv_lens,
+    const c10::optional<at::Tensor>& seq_to_prefix, c10::optional<double> scale,
+    c10::optional<at::ScalarType> out_dtype) {
+  const char* op = "prefix_attention";
+  const AttentionDims d = check_prefix_args(q_in, k_in, v_in, kv_lens, seq_to_prefix);
+  const float sc = static_cast<float>(resolve_scale(op, scale, d.head_dim));
+  auto [out, lse] = allocate_outputs(q_in, op, out_dtype);
+  const at::Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
+  const std::vector<int64_t> lens = read_lengths(op, kv_lens, d.kv_batch, d.kv_len, "the padded prefix length");
+
+  // Bucket sequences by prefix: the stacked rows of prefix p are its sequences' queries.
+  std::vector<std::vector<int64_t>> seqs(d.kv_batch);
+  if (seq_to_prefix.has_value()) {
+    at::Tensor map = seq_to_prefix->to(at::kLong).contiguous();
+    const int64_t* p = map.data_ptr<int64_t>();
+    for (int64_t b = 0; b < d.batch; ++b) {
+      TORCH_CHECK_VALUE(
+          p[b] >= 0 && p[b] < d.kv_batch, op, ": seq_to_prefix[", b, "] = ", p[b], " is outside [0, ", d.kv_batch,
+          ") (the number of prefixes in k and v)");
+      seqs[p[b]].push_back(b);
+    }
+  } else if (d.kv_batch == 1) {
+    for (int64_t b = 0; b < d.batch; ++b) seqs[0].push_back(b);
+  }
+
+  Problem pb{d, false, sc, &q, &k, &v, &out, &lse};
+  std::vector<WorkItem> items;
+  int64_t n_groups = 0;
+  for (int64_t p = 0; p < d.kv_batch; ++p) n_groups += seqs[p].empty() ? 0 : d.kv_heads;
+  for (int64_t p = 0; p < d.kv_batch; ++p) {
+    if (!seqs[p].empty()) add_items(items, p, lens[p], seqs[p].data(), seqs[p].size(), pb, n_groups);
+  }
+  run_items(pb, items);
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> suffix_attention_cpu(
+    const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional<at::Tensor>& kv_lens,
+    bool causal, c10::optional<double> scale, c10::optional<at::ScalarType> out_dtype) {
+  const char* op = "suffix_attention";
+  const AttentionDims d = check_suffix_args(q_in, k_in, v_in, kv_lens);
+  const float sc = static_cast<float>(resolve_scale(op, scale, d.head_dim));
+  auto [out, lse] = allocate_outputs(q_in, op, out_dtype);
+  const at::Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
+  const std::vector<int64_t> lens = read_lengths(op, kv_lens, d.batch, d.kv_len, "the padded suffix length");
+
+  std::vector<int64_t> seq_ids(d.batch);
+  for (int64_t b = 0; b < d.batch; ++b) seq_ids[b] = b;
+  Problem pb{d, causal, sc, &q, &k, &v, &out, &lse};
+  std::vector<WorkItem> items;
+  for (int64_t b = 0; b < d.batch; ++b) add_items(items, b, lens[b], &seq_ids[b], 1, pb, d.batch * d.kv_heads);
+  run_items(pb, items);
+  return {out, lse};
+}
+
+template <typename T>
+void merge_rows(
+    const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& lses, at::Tensor& out, at::Tensor& lse,
+    int64_t rows, int64_t D) {
+  const int64_t n = static_cast<int64_t>(outs.size());
+  std::vector<const T*> out_ptrs(n);
+  std::vector<const float*> lse_ptrs(n);
+  for (int64_t i = 0; i < n; ++i) {
+    out_ptrs[i] = outs[i].data_ptr<T>();
+    lse_ptrs[i] = lses[i].data_ptr<float>();
+  }
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  float* lse_out = lse.data_ptr<float>();
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(D), weight(n);
+    for (int64_t r = begin; r < end; ++r) {
+      // +inf marks an empty row in FlashAttention 2's convention: treat it as empty too.
+      float m = neg_inf;
+      for (int64_t i = 0; i < n; ++i) {
+        const float x = lse_ptrs[i][r];
+        if (x != -neg_inf && (x > m || std::isnan(x))) m = x;
+      }
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      if (m == neg_inf) {
+        store_out_row(out, r * D, acc.data(), 0.0f, D);
+        lse_out[r] = neg_inf;
+        continue;
+      }
+      float total = 0.0f;
+      for (int64_t i = 0; i < n; ++i) {
+        const float x = lse_ptrs[i][r];
+        weight[i] = (x == -neg_inf || x == neg_inf) ? 0.0f : std::exp(x - m);
+        total += weight[i];
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        if (weight[i] == 0.0f) continue;
+        const T* src = out_ptrs[i] + r * D;
+        for (int64_t c = 0; c < D; ++c) acc[c] += weight[i] * to_float(src[c]);
+      }
+      store_out_row(out, r * D, acc.data(), 1.0f / total, D);
+      lse_out[r] = m + std::log(total);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> merge_attention_cpu(
+    at::TensorList outs_in, at::TensorList lses_in, c10::optional<at::ScalarType> out_dtype) {
+  const char* op = "merge_attention";
+  check_merge_args(outs_in, lses_in);
+  std::vector<at::Tensor> outs, lses;
+  for (size_t i = 0; i < outs_in.size(); ++i) {
+    outs.push_back(outs_in[i].contiguous());
+    lses.push_back(lses_in[i].contiguous());
+  }
+  const at::Tensor& first = outs[0];
+  at::Tensor out = at::empty(first.sizes(), first.options().dtype(resolve_out_dtype(op, out_dtype, first.scalar_type())));
+  at::Tensor lse = at::empty(lses[0].sizes(), lses[0].options());
+  const int64_t D = first.size(3), rows = first.numel() / D;
+  dispatch_float(first.scalar_type(), [&](auto tag) { merge_rows<decltype(tag)>(outs, lses, out, lse, rows, D); });
+  return {out, lse};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hydrogen, CPU, m) {
+  m.impl("prefix_attention", &prefix_attention_cpu);
+  m.impl("suffix_attention", &suffix_attention_cpu);
+  m.impl("merge_attention", &merge_attention_cpu);
+}
+
+}  // namespace hydrogen

@@ -1,0 +1,12 @@
+"""Hydrogen: shared-prefix (Hydragen) attention ops for PyTorch.
+
+Layout follows ``torch.nn.functional.scaled_dot_product_attention``:
+``[batch, heads, seq, head_dim]``. Every op returns ``(out, lse)`` where ``lse`` is the
+float32, natural-log log-sum-exp of the scaled scores, shape ``[batch, q_heads, q_len]``.
+A query row that sees no key gets ``out = 0`` and ``lse = -inf``.
+"""
+
+from hydrogen_ops.ops import hydragen_attention, merge_attention, prefix_attention, suffix_attention
+
+__all__ = ["prefix_attention", "suffix_attention", "merge_attention", "hydragen_attention"]
+__version__ = "0.1.0"

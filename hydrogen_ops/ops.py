@@ -1,0 +1,156 @@
+"""Typed wrappers over ``torch.ops.hydrogen``, their fake (meta) kernels and the
+Hydragen composition of the three ops."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+from hydrogen_ops import _C  # noqa: F401  (loads the library that registers torch.ops.hydrogen)
+
+Tensor = torch.Tensor
+PrefixLevel = Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]
+SuffixSegment = Tuple[Tensor, Tensor, Optional[Tensor]]
+
+
+def prefix_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kv_lens: Optional[Tensor] = None,
+    seq_to_prefix: Optional[Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    out_dtype: Optional[torch.dtype] = None,
+) -> Tuple[Tensor, Tensor]:
+    """Non-causal attention of every query over its sequence's shared prefix.
+
+    Args:
+        q: ``[B, Hq, Lq, D]`` queries.
+        k, v: ``[P, Hkv, Lp, D]``: P shared prefixes, right-padded to Lp. ``Hq % Hkv == 0``.
+        kv_lens: int ``[P]``, valid length of each prefix (None: all Lp).
+        seq_to_prefix: int ``[B]``, the prefix each sequence reads (None requires P == 1).
+        scale: score scale, default ``1/sqrt(D)``.
+        out_dtype: dtype of ``out`` (default q's); float32 keeps partials exact for a merge.
+
+    All queries mapped to one prefix, and all query heads of a GQA group, are stacked
+    into one matrix so each prefix K/V tile is read once for the whole batch.
+    Returns ``(out [B, Hq, Lq, D], lse [B, Hq, Lq] float32)``.
+    """
+    return torch.ops.hydrogen.prefix_attention(q, k, v, kv_lens, seq_to_prefix, scale, out_dtype)
+
+
+def suffix_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kv_lens: Optional[Tensor] = None,
+    *,
+    causal: bool = True,
+    scale: Optional[float] = None,
+    out_dtype: Optional[torch.dtype] = None,
+) -> Tuple[Tensor, Tensor]:
+    """Per-sequence attention over each sequence's own keys.
+
+    Args:
+        q: ``[B, Hq, Lq, D]``; k, v: ``[B, Hkv, Ls, D]``, right-padded.
+        kv_lens: int ``[B]``, valid keys of each sequence (None: all Ls).
+        causal: bottom-right aligned: query i of sequence b sees keys
+            ``j <= kv_lens[b] - Lq + i``. Lq = 1 is decode; Lq > 1 is suffix prefill or
+            multi-token decode.
+    Returns ``(out [B, Hq, Lq, D], lse [B, Hq, Lq] float32)``.
+    """
+    return torch.ops.hydrogen.suffix_attention(q, k, v, kv_lens, causal, scale, out_dtype)
+
+
+def merge_attention(
+    outs: Sequence[Tensor], lses: Sequence[Tensor], *, out_dtype: Optional[torch.dtype] = None
+) -> Tuple[Tensor, Tensor]:
+    """Exact N-way merge of attention results over disjoint key sets.
+
+    ``out = sum_i exp(lse_i) out_i / sum_i exp(lse_i)`` and ``lse = log sum_i exp(lse_i)``,
+    computed stably in float32. Segments with ``lse = -inf`` (or ``+inf``, FlashAttention 2's
+    empty-row marker) contribute nothing; a row with no segment gets out 0 and lse -inf.
+    """
+    if len(outs) == 0:  # the dispatcher cannot pick a device for an empty list
+        raise ValueError("merge_attention: outs must hold at least one tensor")
+    return torch.ops.hydrogen.merge_attention(list(outs), list(lses), out_dtype)
+
+
+def hydragen_attention(
+    q: Tensor,
+    prefixes: Sequence[PrefixLevel],
+    suffix: Optional[SuffixSegment] = None,
+    *,
+    causal: bool = True,
+    scale: Optional[float] = None,
+    return_lse: bool = False,
+):
+    """Attention over ``[level 0 | level 1 | ... | suffix]`` for every sequence, exactly.
+
+    Args:
+        q: ``[B, Hq, Lq, D]``.
+        prefixes: shared levels, outermost first, each ``(k, v, kv_lens, seq_to_prefix)``
+            as in :func:`prefix_attention`: level 0 is typically one prefix shared by
+            all, level 1 one sub-prefix per group (any fan-out), and so on.
+        suffix: ``(k, v, kv_lens)`` per-sequence keys, as in :func:`suffix_attention`.
+        causal: causal mask inside the suffix (prefix levels are always fully visible).
+
+    Each level is computed with its keys read once for all sequences sharing it; the
+    partial results stay in float32 and are merged once, rounding to q's dtype at the end.
+    Returns ``out`` (q's dtype), or ``(out, lse)`` when ``return_lse``.
+    """
+    parts = [
+        prefix_attention(q, k, v, kv_lens, seq_to_prefix, scale=scale, out_dtype=torch.float32)
+        for k, v, kv_lens, seq_to_prefix in prefixes
+    ]
+    if suffix is not None:
+        k, v, kv_lens = suffix
+        parts.append(suffix_attention(q, k, v, kv_lens, causal=causal, scale=scale, out_dtype=torch.float32))
+    if not parts:
+        raise ValueError("hydragen_attention: give at least one prefix level or a suffix")
+    out, lse = merge_attention([o for o, _ in parts], [s for _, s in parts], out_dtype=q.dtype)
+    return (out, lse) if return_lse else out
+
+
+def _fake_outputs(q: Tensor, out_dtype: Optional[torch.dtype], *tensors: Optional[Tensor]):
+    for t in tensors:
+        if t is not None and t.device != q.device:
+            raise ValueError(f"hydrogen: all tensors must be on q's device ({q.device}), got one on {t.device}")
+    if q.dim() != 4:
+        raise ValueError(f"hydrogen: q must have rank 4 [batch, q_heads, q_len, head_dim], got shape {tuple(q.shape)}")
+    out = q.new_empty(q.shape, dtype=out_dtype or q.dtype)
+    return out, q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.register_fake("hydrogen::prefix_attention")
+def _prefix_attention_fake(q, k, v, kv_lens=None, seq_to_prefix=None, scale=None, out_dtype=None):
+    return _fake_outputs(q, out_dtype, k, v, kv_lens, seq_to_prefix)
+
+
+@torch.library.register_fake("hydrogen::suffix_attention")
+def _suffix_attention_fake(q, k, v, kv_lens=None, causal=True, scale=None, out_dtype=None):
+    return _fake_outputs(q, out_dtype, k, v, kv_lens)
+
+
+@torch.library.register_fake("hydrogen::merge_attention")
+def _merge_attention_fake(outs, lses, out_dtype=None):
+    if not outs or len(outs) != len(lses):
+        raise ValueError(f"merge_attention: outs and lses must be non-empty lists of one length, got {len(outs)} and {len(lses)}")
+    return _fake_outputs(outs[0], out_dtype, *outs[1:], *lses)
+
+
+def _inference_only(ctx, *grads):
+    raise RuntimeError(
+        "hydrogen ops are inference-only: they have no backward. Run them under torch.no_grad() "
+        "or use scaled_dot_product_attention for training."
+    )
+
+
+def _no_context(ctx, inputs, output):
+    return None
+
+
+for _name in ("prefix_attention", "suffix_attention", "merge_attention"):
+    torch.library.register_autograd(f"hydrogen::{_name}", _inference_only, setup_context=_no_context)
