@@ -8,9 +8,27 @@ build. TORCH_CUDA_ARCH_LIST overrides the default architectures (8.0 and 9.0).
 import glob
 import os
 import platform
+import shutil
 
 from setuptools import find_packages, setup
-from torch.utils import cpp_extension
+
+
+def _locate_nvcc():
+    """Points CUDA_HOME at a toolkit before torch guesses it. Torch takes the parent of
+    the nvcc on PATH, which is wrong when that nvcc is a wrapper script (/usr/local/bin):
+    keep the first candidate that holds the CUDA headers."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    for home in candidates + ["/usr/local/cuda"]:
+        if os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
+_locate_nvcc()
+from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME at import)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -26,9 +44,20 @@ def cuda_build_wanted():
         return False, "HYDROGEN_CPU_ONLY is set"
     if torch.version.cuda is None:
         return False, "this torch is not a CUDA build"
-    if cpp_extension.CUDA_HOME is None:
+    home = cpp_extension.CUDA_HOME
+    if home is None or not os.path.exists(os.path.join(home, "bin", "nvcc")):
         return False, "nvcc was not found (set CUDA_HOME)"
     return True, ""
+
+
+class BuildExtension(cpp_extension.BuildExtension):
+    """Says once, at build time, when the CUDA sources are left out."""
+
+    def run(self):
+        with_cuda, why_not = cuda_build_wanted()
+        if not with_cuda:
+            print(f"hydrogen_ops: building the CPU extension only ({why_not})")
+        super().run()
 
 
 def extension():
@@ -36,9 +65,7 @@ def extension():
     if platform.machine() in ("x86_64", "AMD64"):
         cxx_flags.append("-Wno-psabi")  # vector types passed between inlined ISA variants
     srcs = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
-    with_cuda, why_not = cuda_build_wanted()
-    if not with_cuda:
-        print(f"hydrogen_ops: building the CPU extension only ({why_not})")
+    if not cuda_build_wanted()[0]:
         return cpp_extension.CppExtension("hydrogen_ops._C", srcs, extra_compile_args={"cxx": cxx_flags})
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
@@ -52,5 +79,5 @@ def extension():
 setup(
     packages=find_packages(include=["hydrogen_ops", "hydrogen_ops.*"]),
     ext_modules=[extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    cmdclass={"build_ext": BuildExtension},
 )
