@@ -16,7 +16,7 @@ source "$VENV/bin/activate"
 if [ ! -f "$STAMP" ]; then
   echo "==> installing torch 2.14.1 and the test dependencies (first run only, about 2 minutes)"
   python -m pip install --progress-bar on "torch==2.14.1" "transformers==5.17.0" \
-    pytest hypothesis expecttest numpy ninja setuptools wheel \
+    pytest hypothesis numpy ninja setuptools wheel \
     matplotlib tqdm nbclient nbformat ipykernel
   touch "$STAMP"
 fi

@@ -239,6 +239,7 @@ def test_hydragen_equals_sdpa(device):
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 def test_every_cpu_isa_variant(isa, tmp_path):
     """The CPU kernels pick an ISA at load time; run the checks under each one this CPU has."""
+    import os
     import platform
     import subprocess
     import sys
@@ -251,7 +252,7 @@ def test_every_cpu_isa_variant(isa, tmp_path):
     script = tmp_path / "check.py"
     script.write_text(
         "import sys, torch, hydrogen_ops as H\n"
-        f"sys.path.insert(0, {str(__import__('os').path.dirname(__file__))!r})\n"
+        f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
         "from reference import attention_reference\n"
         "from conftest import assert_close_to_exact\n"
         "torch.manual_seed(0)\n"
@@ -266,6 +267,7 @@ def test_every_cpu_isa_variant(isa, tmp_path):
         "    assert_close_to_exact(out, ref, torch.float32)\n"
         "print('ok')\n"
     )
-    env = dict(__import__("os").environ, HYDROGEN_CPU_ISA=isa)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, HYDROGEN_CPU_ISA=isa, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
