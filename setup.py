@@ -62,17 +62,26 @@ class BuildExtension(cpp_extension.BuildExtension):
 
 def extension():
     cxx_flags = ["-O3", "-ffp-contract=fast"]
+    link_flags = []
+    if platform.system() == "Linux":
+        # at::parallel_for is an inline OpenMP region: without -fopenmp it runs serially.
+        # The loader shares torch's already loaded libgomp.so.1 with this library.
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     if platform.machine() in ("x86_64", "AMD64"):
         cxx_flags.append("-Wno-psabi")  # vector types passed between inlined ISA variants
     srcs = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
     if not cuda_build_wanted()[0]:
-        return cpp_extension.CppExtension("hydrogen_ops._C", srcs, extra_compile_args={"cxx": cxx_flags})
+        return cpp_extension.CppExtension(
+            "hydrogen_ops._C", srcs, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags
+        )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     return cpp_extension.CUDAExtension(
         "hydrogen_ops._C",
         srcs + sources("csrc/cuda/*.cpp") + sources("csrc/cuda/*.cu"),
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_link_args=link_flags,
     )
 
 

@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -93,11 +94,12 @@ void dispatch_float(at::ScalarType dtype, Fn&& fn) {
 
 // Per-thread scratch, sized once for the largest item.
 struct Workspace {
-  std::vector<float> q, k, v, scores, acc, m, l, limit, tile_limit, alpha;
+  std::vector<float> q, k, k_packed, v, scores, acc, m, l, limit, tile_limit, alpha;
   std::vector<int64_t> out_offset;
   Workspace(int64_t rows, int64_t dim)
       : q(rows * dim),
         k(kKeyTile * dim),
+        k_packed(kKeyTile * dim),
         v(kKeyTile * round_up(dim, kColPad)),
         scores(rows * kKeyTile),
         acc(rows * round_up(dim, kColPad)),
@@ -110,25 +112,37 @@ struct Workspace {
 };
 
 // Converts rows [0, n) of a strided K or V tile into a dense fp32 buffer with leading
-// dimension ld (zero-filling columns D..ld), or returns the tile in place when it
-// already is fp32 and `in_place_ok`.
+// dimension ld (zero-filling columns D..ld). A sequential copy streams from memory at full
+// speed, where the register tiles' strided reads would stall on every new row.
 template <typename T>
-const float* tile_as_float(const T* src, int64_t stride, int64_t n, int64_t D, int64_t ld, bool in_place_ok,
-                           float* buf, int64_t* ld_out) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (in_place_ok) {
-      *ld_out = stride;
-      return src;
-    }
-  }
+void copy_tile(const T* src, int64_t stride, int64_t n, int64_t D, int64_t ld, float* dst) {
   for (int64_t j = 0; j < n; ++j) {
     const T* row = src + j * stride;
-    float* dst = buf + j * ld;
-    for (int64_t c = 0; c < D; ++c) dst[c] = to_float(row[c]);
-    std::fill(dst + D, dst + ld, 0.0f);
+    float* out = dst + j * ld;
+    if constexpr (std::is_same_v<T, float>) {
+      std::memcpy(out, row, D * sizeof(float));
+    } else {
+      for (int64_t c = 0; c < D; ++c) out[c] = to_float(row[c]);
+    }
+    std::fill(out + D, out + ld, 0.0f);
   }
-  *ld_out = ld;
-  return buf;
+}
+
+// Packs rows [0, n) of a dense fp32 K tile (leading dimension D, already in cache) into
+// blocks of `block` keys interleaved along head_dim, the layout of TileKernels::scores_t,
+// zero-filling keys n..n_padded.
+void pack_keys(const float* src, int64_t n, int64_t n_padded, int64_t D, int64_t block, float* dst) {
+  for (int64_t j0 = 0; j0 < n_padded; j0 += block) {
+    float* out = dst + j0 * D;
+    for (int64_t i = 0; i < block; ++i) {
+      const float* row = src + (j0 + i) * D;
+      if (j0 + i < n) {
+        for (int64_t c = 0; c < D; ++c) out[c * block + i] = row[c];
+      } else {
+        for (int64_t c = 0; c < D; ++c) out[c * block + i] = 0.0f;
+      }
+    }
+  }
 }
 
 template <typename T>
@@ -172,17 +186,25 @@ void run_item(const Problem& pb, const WorkItem& item, Workspace& ws) {
   const T* v = pb.v->data_ptr<T>() + item.kv_index * vs[0] + item.kv_head * vs[1];
   for (int64_t j0 = 0; j0 < max_limit; j0 += kKeyTile) {
     const int64_t nk = std::min(kKeyTile, max_limit - j0);
-    // fp32 K/V are read in place; other dtypes are converted once per tile, and every
-    // stacked row of the item reads the converted tile.
-    int64_t ldk = 0, ldv = 0;
-    const float* kt = tile_as_float(k + j0 * ks[2], ks[2], nk, D, D, true, ws.k.data(), &ldk);
-    const float* vt = tile_as_float(v + j0 * vs[2], vs[2], nk, D, Dp, Dp == D, ws.v.data(), &ldv);
+    // The tile is packed (and converted to fp32) once; every row of the item reads it.
+    const T* k_tile = k + j0 * ks[2];
+    const T* v_tile = v + j0 * vs[2];
+    copy_tile(v_tile, vs[2], nk, D, Dp, ws.v.data());
+    copy_tile(k_tile, ks[2], nk, D, D, ws.k.data());
+    // While this tile is computed, the next one's rows are fetched into cache.
+    const int64_t next_rows = std::min(kKeyTile, std::max<int64_t>(max_limit - j0 - nk, 0));
+    const cpu::PrefetchRange next_k{
+        reinterpret_cast<const char*>(k_tile + nk * ks[2]), ks[2] * int64_t(sizeof(T)), next_rows, D * int64_t(sizeof(T))};
+    const cpu::PrefetchRange next_v{
+        reinterpret_cast<const char*>(v_tile + nk * vs[2]), vs[2] * int64_t(sizeof(T)), next_rows, D * int64_t(sizeof(T))};
     if (stacked) {
       for (int64_t r = 0; r < rows_p; ++r) ws.tile_limit[r] = ws.limit[r] - static_cast<float>(j0);
-      kern.scores_t(kt, ldk, nk, D, ws.q.data(), rows_p, ws.scores.data());
+      const int64_t nk_p = round_up(nk, kern.key_block);
+      pack_keys(ws.k.data(), nk, nk_p, D, kern.key_block, ws.k_packed.data());
+      kern.scores_t(ws.k_packed.data(), nk_p, D, ws.q.data(), rows_p, ws.scores.data(), next_k);
       kern.softmax_t(ws.scores.data(), nk, rows_p, ws.tile_limit.data(), ws.m.data(), ws.l.data(), ws.alpha.data());
     } else {
-      kern.scores_rows(ws.q.data(), rows, D, kt, ldk, nk, ws.scores.data(), kKeyTile);
+      kern.scores_rows(ws.q.data(), rows, D, ws.k.data(), D, nk, ws.scores.data(), kKeyTile);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t n_valid = std::clamp<int64_t>(static_cast<int64_t>(ws.limit[r]) - j0, 0, nk);
         ws.alpha[r] = kern.softmax_row(ws.scores.data() + r * kKeyTile, n_valid, nk, &ws.m[r], &ws.l[r]);
@@ -194,9 +216,9 @@ void run_item(const Problem& pb, const WorkItem& item, Workspace& ws) {
       for (int64_t c = 0; c < D; ++c) o[c] *= ws.alpha[r];
     }
     if (stacked) {
-      kern.accumulate_t(ws.scores.data(), nk, rows_p, vt, ldv, Dp, ws.acc.data());
+      kern.accumulate_t(ws.scores.data(), nk, rows_p, ws.v.data(), Dp, Dp, ws.acc.data(), next_v);
     } else {
-      kern.accumulate_rows(ws.scores.data(), kKeyTile, rows, nk, vt, ldv, D, ws.acc.data());
+      kern.accumulate_rows(ws.scores.data(), kKeyTile, rows, nk, ws.v.data(), Dp, D, ws.acc.data());
     }
   }
 

@@ -91,10 +91,31 @@ HYDROGEN_INLINE V exp_nonpositive(V x) {
   return (V)((VI)result & ~underflow);
 }
 
-// MR keys x (NV vectors of rows) register tile of s_t = K q_t.
+// Spreads the prefetches of a PrefetchRange evenly over `steps` calls of step().
+class Prefetcher {
+ public:
+  Prefetcher(const PrefetchRange& r, int64_t steps) : r_(r), lines_per_row_((r.row_bytes + 63) / 64) {
+    const int64_t total = r.rows * lines_per_row_;
+    per_step_ = steps > 0 ? (total + steps - 1) / steps : 0;
+  }
+  HYDROGEN_INLINE void step() {
+    for (int64_t n = 0; n < per_step_ && row_ < r_.rows; ++n) {
+      __builtin_prefetch(r_.base + row_ * r_.row_stride + line_ * 64, 0, 2);
+      if (++line_ == lines_per_row_) {
+        line_ = 0;
+        ++row_;
+      }
+    }
+  }
+
+ private:
+  PrefetchRange r_;
+  int64_t lines_per_row_, per_step_ = 0, row_ = 0, line_ = 0;
+};
+
+// MR keys x (NV vectors of rows) register tile of s_t = K q_t; kb is one packed key block.
 template <class V, int MR, int NV>
-HYDROGEN_INLINE void scores_t_block(
-    const float* k, int64_t ldk, int64_t dim, const float* q_t, int64_t rows, float* s_t, int64_t r0) {
+HYDROGEN_INLINE void scores_t_block(const float* kb, int64_t dim, const float* q_t, int64_t rows, float* s_t, int64_t r0) {
   constexpr int W = lanes<V>();
   V acc[MR][NV] = {};
   for (int64_t d = 0; d < dim; ++d) {
@@ -103,7 +124,7 @@ HYDROGEN_INLINE void scores_t_block(
     for (int u = 0; u < NV; ++u) b[u] = load<V>(q_t + d * rows + r0 + u * W);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const V a = splat<V>(k[i * ldk + d]);
+      const V a = splat<V>(kb[d * MR + i]);
 #pragma GCC unroll 4
       for (int u = 0; u < NV; ++u) acc[i][u] += a * b[u];
     }
@@ -116,13 +137,16 @@ HYDROGEN_INLINE void scores_t_block(
 
 template <class V, int MR, int NV>
 HYDROGEN_INLINE void scores_t_impl(
-    const float* k, int64_t ldk, int64_t keys, int64_t dim, const float* q_t, int64_t rows, float* s_t) {
+    const float* k_packed, int64_t keys, int64_t dim, const float* q_t, int64_t rows, float* s_t,
+    const PrefetchRange& next) {
   constexpr int NR = lanes<V>() * NV;
+  Prefetcher prefetch(next, (rows / NR) * (keys / MR));
   // Row strips outermost: a strip of q_t stays in L1 while the key tile streams past it.
   for (int64_t r0 = 0; r0 < rows; r0 += NR) {
-    int64_t j = 0;
-    for (; j + MR <= keys; j += MR) scores_t_block<V, MR, NV>(k + j * ldk, ldk, dim, q_t, rows, s_t + j * rows, r0);
-    for (; j < keys; ++j) scores_t_block<V, 1, NV>(k + j * ldk, ldk, dim, q_t, rows, s_t + j * rows, r0);
+    for (int64_t j = 0; j < keys; j += MR) {
+      prefetch.step();
+      scores_t_block<V, MR, NV>(k_packed + j * dim, dim, q_t, rows, s_t + j * rows, r0);
+    }
   }
 }
 
@@ -159,10 +183,13 @@ HYDROGEN_INLINE void softmax_t_impl(
 // MR rows x (NV vectors of head_dim) register tile of acc += p_t^T V.
 template <class V, int MR, int NV>
 HYDROGEN_INLINE void accumulate_t_impl(
-    const float* p_t, int64_t keys, int64_t rows, const float* v, int64_t ldv, int64_t dim_padded, float* acc_out) {
+    const float* p_t, int64_t keys, int64_t rows, const float* v, int64_t ldv, int64_t dim_padded, float* acc_out,
+    const PrefetchRange& next) {
   constexpr int W = lanes<V>();
+  Prefetcher prefetch(next, (dim_padded / (W * NV)) * (rows / MR));
   for (int64_t c0 = 0; c0 < dim_padded; c0 += W * NV) {
     for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+      prefetch.step();
       V acc[MR][NV];
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i)
@@ -259,16 +286,18 @@ HYDROGEN_INLINE void accumulate_rows_impl(
 // 4 x 16 floats (8 ymm) on AVX2, 4 x 8 floats (8 xmm) otherwise.
 #define HYDROGEN_DEFINE_KERNELS(NAME, TARGET, V, VI, MR, NV)                                                        \
   TARGET void NAME##_scores_t(                                                                                      \
-      const float* k, int64_t ldk, int64_t keys, int64_t dim, const float* q_t, int64_t rows, float* s_t) {         \
-    scores_t_impl<V, MR, NV>(k, ldk, keys, dim, q_t, rows, s_t);                                                    \
+      const float* k_packed, int64_t keys, int64_t dim, const float* q_t, int64_t rows, float* s_t,                 \
+      const PrefetchRange& next) {                                                                                  \
+    scores_t_impl<V, MR, NV>(k_packed, keys, dim, q_t, rows, s_t, next);                                            \
   }                                                                                                                 \
   TARGET void NAME##_softmax_t(                                                                                     \
       float* s_t, int64_t keys, int64_t rows, const float* limit, float* m, float* l, float* alpha) {               \
     softmax_t_impl<V, VI>(s_t, keys, rows, limit, m, l, alpha);                                                     \
   }                                                                                                                 \
   TARGET void NAME##_accumulate_t(                                                                                  \
-      const float* p_t, int64_t keys, int64_t rows, const float* v, int64_t ldv, int64_t dim_padded, float* acc) {  \
-    accumulate_t_impl<V, MR, NV>(p_t, keys, rows, v, ldv, dim_padded, acc);                                         \
+      const float* p_t, int64_t keys, int64_t rows, const float* v, int64_t ldv, int64_t dim_padded, float* acc,    \
+      const PrefetchRange& next) {                                                                                  \
+    accumulate_t_impl<V, MR, NV>(p_t, keys, rows, v, ldv, dim_padded, acc, next);                                   \
   }                                                                                                                 \
   TARGET void NAME##_scores_rows(                                                                                   \
       const float* q, int64_t rows, int64_t dim, const float* k, int64_t ldk, int64_t keys, float* s, int64_t lds) { \
@@ -281,8 +310,9 @@ HYDROGEN_INLINE void accumulate_rows_impl(
       const float* p, int64_t lds, int64_t rows, int64_t keys, const float* v, int64_t ldv, int64_t dim, float* acc) { \
     accumulate_rows_impl<V>(p, lds, rows, keys, v, ldv, dim, acc);                                                  \
   }                                                                                                                 \
-  const TileKernels NAME##_kernels{#NAME,          NAME##_scores_t,    NAME##_softmax_t,     NAME##_accumulate_t,   \
-                                   NAME##_scores_rows, NAME##_softmax_row, NAME##_accumulate_rows};
+  const TileKernels NAME##_kernels{#NAME,              MR,                 NAME##_scores_t,                            \
+                                   NAME##_softmax_t,   NAME##_accumulate_t, NAME##_scores_rows,                        \
+                                   NAME##_softmax_row, NAME##_accumulate_rows};
 
 HYDROGEN_DEFINE_KERNELS(generic, , f4, i4, 4, 2)
 #if defined(__x86_64__)
