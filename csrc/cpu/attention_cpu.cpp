@@ -14,7 +14,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -92,50 +91,51 @@ void dispatch_float(at::ScalarType dtype, Fn&& fn) {
   }
 }
 
-// Per-thread scratch, sized once for the largest item.
+// Per-thread scratch, kept across calls (fresh pages would fault on every decode step)
+// and grown when an item needs more.
 struct Workspace {
   std::vector<float> q, k, k_packed, v, scores, acc, m, l, limit, tile_limit, alpha;
   std::vector<int64_t> out_offset;
-  Workspace(int64_t rows, int64_t dim)
-      : q(rows * dim),
-        k(kKeyTile * dim),
-        k_packed(kKeyTile * dim),
-        v(kKeyTile * round_up(dim, kColPad)),
-        scores(rows * kKeyTile),
-        acc(rows * round_up(dim, kColPad)),
-        m(rows),
-        l(rows),
-        limit(rows),
-        tile_limit(rows),
-        alpha(rows),
-        out_offset(rows) {}
+  void reserve(int64_t rows, int64_t dim) {
+    const int64_t dim_p = round_up(dim, kColPad);
+    for (auto [buf, size] : {std::pair{&q, rows * dim}, {&k, kKeyTile * dim}, {&k_packed, kKeyTile * dim},
+                             {&v, kKeyTile * dim_p}, {&scores, rows * kKeyTile}, {&acc, rows * dim_p},
+                             {&m, rows}, {&l, rows}, {&limit, rows}, {&tile_limit, rows}, {&alpha, rows}}) {
+      if (static_cast<int64_t>(buf->size()) < size) buf->resize(size);
+    }
+    if (static_cast<int64_t>(out_offset.size()) < rows) out_offset.resize(rows);
+  }
 };
 
-// Converts rows [0, n) of a strided K or V tile into a dense fp32 buffer with leading
-// dimension ld (zero-filling columns D..ld). A sequential copy streams from memory at full
-// speed, where the register tiles' strided reads would stall on every new row.
+// A K or V tile as fp32 rows: fp32 tiles are read in place (`in_place_ok`), other dtypes
+// are converted once into `buf` with leading dimension ld (columns D..ld zero-filled).
 template <typename T>
-void copy_tile(const T* src, int64_t stride, int64_t n, int64_t D, int64_t ld, float* dst) {
+const float* tile_as_float(
+    const T* src, int64_t stride, int64_t n, int64_t D, int64_t ld, bool in_place_ok, float* buf, int64_t* ld_out) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (in_place_ok) {
+      *ld_out = stride;
+      return src;
+    }
+  }
   for (int64_t j = 0; j < n; ++j) {
     const T* row = src + j * stride;
-    float* out = dst + j * ld;
-    if constexpr (std::is_same_v<T, float>) {
-      std::memcpy(out, row, D * sizeof(float));
-    } else {
-      for (int64_t c = 0; c < D; ++c) out[c] = to_float(row[c]);
-    }
+    float* out = buf + j * ld;
+    for (int64_t c = 0; c < D; ++c) out[c] = to_float(row[c]);
     std::fill(out + D, out + ld, 0.0f);
   }
+  *ld_out = ld;
+  return buf;
 }
 
-// Packs rows [0, n) of a dense fp32 K tile (leading dimension D, already in cache) into
-// blocks of `block` keys interleaved along head_dim, the layout of TileKernels::scores_t,
-// zero-filling keys n..n_padded.
-void pack_keys(const float* src, int64_t n, int64_t n_padded, int64_t D, int64_t block, float* dst) {
+// Packs rows [0, n) of an fp32 K tile into blocks of `block` keys interleaved along
+// head_dim, the layout of TileKernels::scores_t, zero-filling keys n..n_padded. The
+// block's rows are read side by side; the caller has prefetched them.
+void pack_keys(const float* src, int64_t ld, int64_t n, int64_t n_padded, int64_t D, int64_t block, float* dst) {
   for (int64_t j0 = 0; j0 < n_padded; j0 += block) {
     float* out = dst + j0 * D;
     for (int64_t i = 0; i < block; ++i) {
-      const float* row = src + (j0 + i) * D;
+      const float* row = src + (j0 + i) * ld;
       if (j0 + i < n) {
         for (int64_t c = 0; c < D; ++c) out[c * block + i] = row[c];
       } else {
@@ -186,11 +186,13 @@ void run_item(const Problem& pb, const WorkItem& item, Workspace& ws) {
   const T* v = pb.v->data_ptr<T>() + item.kv_index * vs[0] + item.kv_head * vs[1];
   for (int64_t j0 = 0; j0 < max_limit; j0 += kKeyTile) {
     const int64_t nk = std::min(kKeyTile, max_limit - j0);
-    // The tile is packed (and converted to fp32) once; every row of the item reads it.
+    // The tile is converted to fp32 (and K packed for the stacked layout) once; every row
+    // of the item reads it.
     const T* k_tile = k + j0 * ks[2];
     const T* v_tile = v + j0 * vs[2];
-    copy_tile(v_tile, vs[2], nk, D, Dp, ws.v.data());
-    copy_tile(k_tile, ks[2], nk, D, D, ws.k.data());
+    int64_t ldk = 0, ldv = 0;
+    const float* kt = tile_as_float(k_tile, ks[2], nk, D, D, true, ws.k.data(), &ldk);
+    const float* vt = tile_as_float(v_tile, vs[2], nk, D, Dp, Dp == D, ws.v.data(), &ldv);
     // While this tile is computed, the next one's rows are fetched into cache.
     const int64_t next_rows = std::min(kKeyTile, std::max<int64_t>(max_limit - j0 - nk, 0));
     const cpu::PrefetchRange next_k{
@@ -200,11 +202,11 @@ void run_item(const Problem& pb, const WorkItem& item, Workspace& ws) {
     if (stacked) {
       for (int64_t r = 0; r < rows_p; ++r) ws.tile_limit[r] = ws.limit[r] - static_cast<float>(j0);
       const int64_t nk_p = round_up(nk, kern.key_block);
-      pack_keys(ws.k.data(), nk, nk_p, D, kern.key_block, ws.k_packed.data());
+      pack_keys(kt, ldk, nk, nk_p, D, kern.key_block, ws.k_packed.data());
       kern.scores_t(ws.k_packed.data(), nk_p, D, ws.q.data(), rows_p, ws.scores.data(), next_k);
       kern.softmax_t(ws.scores.data(), nk, rows_p, ws.tile_limit.data(), ws.m.data(), ws.l.data(), ws.alpha.data());
     } else {
-      kern.scores_rows(ws.q.data(), rows, D, ws.k.data(), D, nk, ws.scores.data(), kKeyTile);
+      kern.scores_rows(ws.q.data(), rows, D, kt, ldk, nk, ws.scores.data(), kKeyTile);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t n_valid = std::clamp<int64_t>(static_cast<int64_t>(ws.limit[r]) - j0, 0, nk);
         ws.alpha[r] = kern.softmax_row(ws.scores.data() + r * kKeyTile, n_valid, nk, &ws.m[r], &ws.l[r]);
@@ -216,9 +218,9 @@ void run_item(const Problem& pb, const WorkItem& item, Workspace& ws) {
       for (int64_t c = 0; c < D; ++c) o[c] *= ws.alpha[r];
     }
     if (stacked) {
-      kern.accumulate_t(ws.scores.data(), nk, rows_p, ws.v.data(), Dp, Dp, ws.acc.data(), next_v);
+      kern.accumulate_t(ws.scores.data(), nk, rows_p, vt, ldv, Dp, ws.acc.data(), next_v);
     } else {
-      kern.accumulate_rows(ws.scores.data(), kKeyTile, rows, nk, ws.v.data(), Dp, D, ws.acc.data());
+      kern.accumulate_rows(ws.scores.data(), kKeyTile, rows, nk, vt, ldv, D, ws.acc.data());
     }
   }
 
@@ -252,7 +254,8 @@ void run_items(const Problem& pb, const std::vector<WorkItem>& items) {
   dispatch_float(pb.q->scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
-      Workspace ws(max_rows, pb.dims.head_dim);
+      thread_local Workspace ws;
+      ws.reserve(max_rows, pb.dims.head_dim);
       for (int64_t i = begin; i < end; ++i) run_item<T>(pb, items[i], ws);
     });
   });

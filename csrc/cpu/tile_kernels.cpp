@@ -61,11 +61,17 @@ HYDROGEN_INLINE V iota() {
   return r;
 }
 
+// Horizontal sum by halving: 4 adds for 16 lanes instead of a 16-step lane loop.
 template <class V>
 HYDROGEN_INLINE float hsum(V v) {
-  float s = 0.0f;
-  for (int i = 0; i < lanes<V>(); ++i) s += v[i];
-  return s;
+  if constexpr (lanes<V>() == 16) {
+    return hsum(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
+  } else if constexpr (lanes<V>() == 8) {
+    return hsum(__builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7));
+  } else {
+    return (v[0] + v[2]) + (v[1] + v[3]);
+  }
 }
 
 // exp(x) for x <= 0 (NaN and -inf allowed) to about 1 ulp: 2^n * P(r) with Cody-Waite
@@ -139,13 +145,21 @@ template <class V, int MR, int NV>
 HYDROGEN_INLINE void scores_t_impl(
     const float* k_packed, int64_t keys, int64_t dim, const float* q_t, int64_t rows, float* s_t,
     const PrefetchRange& next) {
-  constexpr int NR = lanes<V>() * NV;
-  Prefetcher prefetch(next, (rows / NR) * (keys / MR));
+  constexpr int W = lanes<V>();
+  Prefetcher prefetch(next, (rows / (W * NV) + 1) * (keys / MR));
   // Row strips outermost: a strip of q_t stays in L1 while the key tile streams past it.
-  for (int64_t r0 = 0; r0 < rows; r0 += NR) {
+  // Full strips of NV vectors, then single-vector strips for the rest of the rows.
+  int64_t r0 = 0;
+  for (; r0 + W * NV <= rows; r0 += W * NV) {
     for (int64_t j = 0; j < keys; j += MR) {
       prefetch.step();
       scores_t_block<V, MR, NV>(k_packed + j * dim, dim, q_t, rows, s_t + j * rows, r0);
+    }
+  }
+  for (; r0 < rows; r0 += W) {
+    for (int64_t j = 0; j < keys; j += MR) {
+      prefetch.step();
+      scores_t_block<V, MR, 1>(k_packed + j * dim, dim, q_t, rows, s_t + j * rows, r0);
     }
   }
 }
@@ -180,37 +194,53 @@ HYDROGEN_INLINE void softmax_t_impl(
   }
 }
 
-// MR rows x (NV vectors of head_dim) register tile of acc += p_t^T V.
+// MR rows x (NV vectors of head_dim) register tile of acc += p_t^T V, at columns c0.
+template <class V, int MR, int NV>
+HYDROGEN_INLINE void accumulate_t_block(
+    const float* p_t, int64_t keys, int64_t rows, const float* v, int64_t ldv, int64_t dim_padded, float* acc_out,
+    int64_t r0, int64_t c0) {
+  constexpr int W = lanes<V>();
+  V acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) acc[i][u] = load<V>(acc_out + (r0 + i) * dim_padded + c0 + u * W);
+  for (int64_t j = 0; j < keys; ++j) {
+    V b[NV];
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) b[u] = load<V>(v + j * ldv + c0 + u * W);
+    const float* pj = p_t + j * rows + r0;
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const V a = splat<V>(pj[i]);
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u) acc[i][u] += a * b[u];
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) store(acc_out + (r0 + i) * dim_padded + c0 + u * W, acc[i][u]);
+}
+
 template <class V, int MR, int NV>
 HYDROGEN_INLINE void accumulate_t_impl(
     const float* p_t, int64_t keys, int64_t rows, const float* v, int64_t ldv, int64_t dim_padded, float* acc_out,
     const PrefetchRange& next) {
   constexpr int W = lanes<V>();
-  Prefetcher prefetch(next, (dim_padded / (W * NV)) * (rows / MR));
-  for (int64_t c0 = 0; c0 < dim_padded; c0 += W * NV) {
+  Prefetcher prefetch(next, (dim_padded / (W * NV) + 1) * (rows / MR));
+  // Column strips of NV vectors, then single-vector strips for the rest of head_dim.
+  int64_t c0 = 0;
+  for (; c0 + W * NV <= dim_padded; c0 += W * NV) {
     for (int64_t r0 = 0; r0 < rows; r0 += MR) {
       prefetch.step();
-      V acc[MR][NV];
-#pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-        for (int u = 0; u < NV; ++u) acc[i][u] = load<V>(acc_out + (r0 + i) * dim_padded + c0 + u * W);
-      for (int64_t j = 0; j < keys; ++j) {
-        V b[NV];
-#pragma GCC unroll 4
-        for (int u = 0; u < NV; ++u) b[u] = load<V>(v + j * ldv + c0 + u * W);
-        const float* pj = p_t + j * rows + r0;
-#pragma GCC unroll 16
-        for (int i = 0; i < MR; ++i) {
-          const V a = splat<V>(pj[i]);
-#pragma GCC unroll 4
-          for (int u = 0; u < NV; ++u) acc[i][u] += a * b[u];
-        }
-      }
-#pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-        for (int u = 0; u < NV; ++u) store(acc_out + (r0 + i) * dim_padded + c0 + u * W, acc[i][u]);
+      accumulate_t_block<V, MR, NV>(p_t, keys, rows, v, ldv, dim_padded, acc_out, r0, c0);
+    }
+  }
+  for (; c0 < dim_padded; c0 += W) {
+    for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+      prefetch.step();
+      accumulate_t_block<V, MR, 1>(p_t, keys, rows, v, ldv, dim_padded, acc_out, r0, c0);
     }
   }
 }
@@ -269,26 +299,43 @@ template <class V>
 HYDROGEN_INLINE void accumulate_rows_impl(
     const float* p, int64_t lds, int64_t rows, int64_t keys, const float* v, int64_t ldv, int64_t dim, float* acc) {
   constexpr int W = lanes<V>();
-  for (int64_t j = 0; j < keys; ++j) {
-    const float* vj = v + j * ldv;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float pr = p[r * lds + j];
-      if (pr == 0.0f) continue;
-      float* a = acc + r * dim;
-      int64_t d = 0;
-      for (; d + W <= dim; d += W) store(a + d, load<V>(a + d) + pr * load<V>(vj + d));
-      for (; d < dim; ++d) a[d] += pr * vj[d];
+  constexpr int U = 4;  // vectors of one row's accumulator held in registers across all keys
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* pr = p + r * lds;
+    float* a = acc + r * dim;
+    int64_t c0 = 0;
+    for (; c0 + U * W <= dim; c0 += U * W) {
+      V sum[U];
+#pragma GCC unroll 4
+      for (int u = 0; u < U; ++u) sum[u] = load<V>(a + c0 + u * W);
+      for (int64_t j = 0; j < keys; ++j) {
+        const V w = splat<V>(pr[j]);
+#pragma GCC unroll 4
+        for (int u = 0; u < U; ++u) sum[u] += w * load<V>(v + j * ldv + c0 + u * W);
+      }
+#pragma GCC unroll 4
+      for (int u = 0; u < U; ++u) store(a + c0 + u * W, sum[u]);
+    }
+    for (; c0 + W <= dim; c0 += W) {
+      V sum = load<V>(a + c0);
+      for (int64_t j = 0; j < keys; ++j) sum += splat<V>(pr[j]) * load<V>(v + j * ldv + c0);
+      store(a + c0, sum);
+    }
+    for (; c0 < dim; ++c0) {
+      float sum = a[c0];
+      for (int64_t j = 0; j < keys; ++j) sum += pr[j] * v[j * ldv + c0];
+      a[c0] = sum;
     }
   }
 }
 
-// One set of entry points per ISA. Register tiles: 8 x 32 floats (16 zmm) on AVX-512,
-// 4 x 16 floats (8 ymm) on AVX2, 4 x 8 floats (8 xmm) otherwise.
-#define HYDROGEN_DEFINE_KERNELS(NAME, TARGET, V, VI, MR, NV)                                                        \
+// One set of entry points per ISA, with (keys or rows) x (vectors) register tiles for
+// the two products: scores SMR x SNV, accumulate AMR x ANV.
+#define HYDROGEN_DEFINE_KERNELS(NAME, TARGET, V, VI, SMR, SNV, AMR, ANV)                                                        \
   TARGET void NAME##_scores_t(                                                                                      \
       const float* k_packed, int64_t keys, int64_t dim, const float* q_t, int64_t rows, float* s_t,                 \
       const PrefetchRange& next) {                                                                                  \
-    scores_t_impl<V, MR, NV>(k_packed, keys, dim, q_t, rows, s_t, next);                                            \
+    scores_t_impl<V, SMR, SNV>(k_packed, keys, dim, q_t, rows, s_t, next);                                            \
   }                                                                                                                 \
   TARGET void NAME##_softmax_t(                                                                                     \
       float* s_t, int64_t keys, int64_t rows, const float* limit, float* m, float* l, float* alpha) {               \
@@ -297,7 +344,7 @@ HYDROGEN_INLINE void accumulate_rows_impl(
   TARGET void NAME##_accumulate_t(                                                                                  \
       const float* p_t, int64_t keys, int64_t rows, const float* v, int64_t ldv, int64_t dim_padded, float* acc,    \
       const PrefetchRange& next) {                                                                                  \
-    accumulate_t_impl<V, MR, NV>(p_t, keys, rows, v, ldv, dim_padded, acc, next);                                   \
+    accumulate_t_impl<V, AMR, ANV>(p_t, keys, rows, v, ldv, dim_padded, acc, next);                                   \
   }                                                                                                                 \
   TARGET void NAME##_scores_rows(                                                                                   \
       const float* q, int64_t rows, int64_t dim, const float* k, int64_t ldk, int64_t keys, float* s, int64_t lds) { \
@@ -310,14 +357,15 @@ HYDROGEN_INLINE void accumulate_rows_impl(
       const float* p, int64_t lds, int64_t rows, int64_t keys, const float* v, int64_t ldv, int64_t dim, float* acc) { \
     accumulate_rows_impl<V>(p, lds, rows, keys, v, ldv, dim, acc);                                                  \
   }                                                                                                                 \
-  const TileKernels NAME##_kernels{#NAME,              MR,                 NAME##_scores_t,                            \
+  const TileKernels NAME##_kernels{#NAME,              SMR,                NAME##_scores_t,                            \
                                    NAME##_softmax_t,   NAME##_accumulate_t, NAME##_scores_rows,                        \
                                    NAME##_softmax_row, NAME##_accumulate_rows};
 
-HYDROGEN_DEFINE_KERNELS(generic, , f4, i4, 4, 2)
+// 16 accumulator zmm on AVX-512 (8 loads per 16 FMAs); 8 of the 16 ymm/xmm registers otherwise.
+HYDROGEN_DEFINE_KERNELS(generic, , f4, i4, 4, 2, 4, 2)
 #if defined(__x86_64__)
-HYDROGEN_DEFINE_KERNELS(avx2, __attribute__((target("avx2,fma"))), f8, i8, 4, 2)
-HYDROGEN_DEFINE_KERNELS(avx512, __attribute__((target("avx512f"))), f16, i16, 8, 2)
+HYDROGEN_DEFINE_KERNELS(avx2, __attribute__((target("avx2,fma"))), f8, i8, 4, 2, 4, 2)
+HYDROGEN_DEFINE_KERNELS(avx512, __attribute__((target("avx512f"))), f16, i16, 4, 4, 4, 4)
 #endif
 
 static_assert(kRowPad % 32 == 0 && kColPad % 32 == 0, "padding must fit every register tile");
