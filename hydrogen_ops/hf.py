@@ -9,24 +9,7 @@ Supported: transformers 5.17.x and 5.18.x; model families Llama, Mistral, Qwen2,
 (decoder-only, full causal attention). Everything else is refused with
 :class:`HydrogenUnsupportedError`.
 
-Example (CPU, tiny random model; 16 completions of one prompt equal stock generation)::
-
-    import torch, hydrogen_ops.hf as hf
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2,
-                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    model = LlamaForCausalLM(cfg).eval()
-    prompt = torch.randint(3, 128, (1, 100))
-    kw = dict(max_new_tokens=24, do_sample=True, top_k=20, pad_token_id=0)
-    torch.manual_seed(1)
-    stock = model.generate(prompt.repeat(16, 1), **kw)          # 16 copies of the prompt's KV
-    with hf.enabled(model):                                     # attn_implementation="hydrogen"
-        torch.manual_seed(1)
-        ours = hf.generate(model, prompt, num_return_sequences=16, **kw)  # prompt KV stored once
-    assert torch.equal(ours, stock)
-    print(ours[:, 100:])
+The README's "HuggingFace" section has a runnable example (tested by tests/test_readme.py).
 
 How it works
 ------------
