@@ -4,9 +4,10 @@
 // all read the same K/V sequence of one kv head. For prefix attention the rows are
 // every (sequence mapped to the prefix) x (query head of the GQA group) x (query
 // position); for suffix attention they are one sequence's group heads x positions.
-// For each KV tile the item packs K (transposed) and V into fp32 once, then runs a
-// register-blocked product over all its rows, an online softmax and a second product.
-// The [rows, keys] score matrix exists only one tile at a time.
+// For each KV tile the item converts K and V to fp32 once (fp32 is read in place) and
+// packs K into key blocks, then runs a register-blocked product over all its rows, an
+// online softmax and a second product. The [rows, keys] score matrix exists only one
+// tile at a time, and the next tile is prefetched while the current one is computed.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -94,16 +95,18 @@ void dispatch_float(at::ScalarType dtype, Fn&& fn) {
 // Per-thread scratch, kept across calls (fresh pages would fault on every decode step)
 // and grown when an item needs more.
 struct Workspace {
-  std::vector<float> q, k, k_packed, v, scores, acc, m, l, limit, tile_limit, alpha;
-  std::vector<int64_t> out_offset;
+  std::vector<float> q, k, k_packed, v, scores, acc, m, l, tile_limit, alpha;
+  std::vector<int64_t> out_offset, limit;
   void reserve(int64_t rows, int64_t dim) {
     const int64_t dim_p = round_up(dim, kColPad);
     for (auto [buf, size] : {std::pair{&q, rows * dim}, {&k, kKeyTile * dim}, {&k_packed, kKeyTile * dim},
                              {&v, kKeyTile * dim_p}, {&scores, rows * kKeyTile}, {&acc, rows * dim_p},
-                             {&m, rows}, {&l, rows}, {&limit, rows}, {&tile_limit, rows}, {&alpha, rows}}) {
+                             {&m, rows}, {&l, rows}, {&tile_limit, rows}, {&alpha, rows}}) {
       if (static_cast<int64_t>(buf->size()) < size) buf->resize(size);
     }
-    if (static_cast<int64_t>(out_offset.size()) < rows) out_offset.resize(rows);
+    for (auto* buf : {&out_offset, &limit}) {
+      if (static_cast<int64_t>(buf->size()) < rows) buf->resize(rows);
+    }
   }
 };
 
@@ -163,7 +166,7 @@ void run_item(const Problem& pb, const WorkItem& item, Workspace& ws) {
   int64_t max_limit = 0;
   for (int64_t r = 0; r < rows_p; ++r) {
     if (r >= rows) {  // padding rows see nothing and hold zeros
-      ws.limit[r] = 0.0f;
+      ws.limit[r] = 0;
       for (int64_t c = 0; c < D; ++c) ws.q[c * rows_p + r] = 0.0f;
       continue;
     }
@@ -171,9 +174,8 @@ void run_item(const Problem& pb, const WorkItem& item, Workspace& ws) {
     const int64_t i = row % Lq, g = (row / Lq) % G, b = item.seqs[row / (Lq * G)];
     const int64_t hq = item.kv_head * G + g;
     ws.out_offset[r] = (b * d.q_heads + hq) * Lq + i;
-    const int64_t lim = visible_keys(pb, item.kv_len, i);
-    ws.limit[r] = static_cast<float>(lim);
-    max_limit = std::max(max_limit, lim);
+    ws.limit[r] = visible_keys(pb, item.kv_len, i);
+    max_limit = std::max(max_limit, ws.limit[r]);
     const T* src = q + b * qs[0] + hq * qs[1] + i * qs[2];
     for (int64_t c = 0; c < D; ++c) ws.q[stacked ? c * rows_p + r : r * D + c] = to_float(src[c]) * pb.scale;
   }
@@ -200,7 +202,9 @@ void run_item(const Problem& pb, const WorkItem& item, Workspace& ws) {
     const cpu::PrefetchRange next_v{
         reinterpret_cast<const char*>(v_tile + nk * vs[2]), vs[2] * int64_t(sizeof(T)), next_rows, D * int64_t(sizeof(T))};
     if (stacked) {
-      for (int64_t r = 0; r < rows_p; ++r) ws.tile_limit[r] = ws.limit[r] - static_cast<float>(j0);
+      for (int64_t r = 0; r < rows_p; ++r) {
+        ws.tile_limit[r] = static_cast<float>(std::clamp<int64_t>(ws.limit[r] - j0, 0, nk));  // exact: <= kKeyTile
+      }
       const int64_t nk_p = round_up(nk, kern.key_block);
       pack_keys(kt, ldk, nk, nk_p, D, kern.key_block, ws.k_packed.data());
       kern.scores_t(ws.k_packed.data(), nk_p, D, ws.q.data(), rows_p, ws.scores.data(), next_k);
@@ -208,7 +212,7 @@ void run_item(const Problem& pb, const WorkItem& item, Workspace& ws) {
     } else {
       kern.scores_rows(ws.q.data(), rows, D, kt, ldk, nk, ws.scores.data(), kKeyTile);
       for (int64_t r = 0; r < rows; ++r) {
-        const int64_t n_valid = std::clamp<int64_t>(static_cast<int64_t>(ws.limit[r]) - j0, 0, nk);
+        const int64_t n_valid = std::clamp<int64_t>(ws.limit[r] - j0, 0, nk);
         ws.alpha[r] = kern.softmax_row(ws.scores.data() + r * kKeyTile, n_valid, nk, &ws.m[r], &ws.l[r]);
       }
     }
