@@ -4,9 +4,8 @@
 // all read the same K/V sequence of one kv head. For prefix attention the rows are
 // every (sequence mapped to the prefix) x (query head of the GQA group) x (query
 // position); for suffix attention they are one sequence's group heads x positions.
-// For each KV tile the item converts K and V to fp32 once (fp32 is read in place) and
-// packs K into key blocks, then runs a register-blocked product over all its rows, an
-// online softmax and a second product. The [rows, keys] score matrix exists only one
+// For each KV tile the item converts K and V to fp32 once (fp32 is read in place), then
+// runs a register-blocked product over all its rows, an online softmax and a second product. The [rows, keys] score matrix exists only one
 // tile at a time, and the next tile is prefetched while the current one is computed.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -95,11 +94,11 @@ void dispatch_float(at::ScalarType dtype, Fn&& fn) {
 // Per-thread scratch, kept across calls (fresh pages would fault on every decode step)
 // and grown when an item needs more.
 struct Workspace {
-  std::vector<float> q, k, k_packed, v, scores, acc, m, l, tile_limit, alpha;
+  std::vector<float> q, k, v, scores, acc, m, l, tile_limit, alpha;
   std::vector<int64_t> out_offset, limit;
   void reserve(int64_t rows, int64_t dim) {
     const int64_t dim_p = round_up(dim, kColPad);
-    for (auto [buf, size] : {std::pair{&q, rows * dim}, {&k, kKeyTile * dim}, {&k_packed, kKeyTile * dim},
+    for (auto [buf, size] : {std::pair{&q, rows * dim}, {&k, kKeyTile * dim},
                              {&v, kKeyTile * dim_p}, {&scores, rows * kKeyTile}, {&acc, rows * dim_p},
                              {&m, rows}, {&l, rows}, {&tile_limit, rows}, {&alpha, rows}}) {
       if (static_cast<int64_t>(buf->size()) < size) buf->resize(size);
@@ -129,23 +128,6 @@ const float* tile_as_float(
   }
   *ld_out = ld;
   return buf;
-}
-
-// Packs rows [0, n) of an fp32 K tile into blocks of `block` keys interleaved along
-// head_dim, the layout of TileKernels::scores_t, zero-filling keys n..n_padded. The
-// block's rows are read side by side; the caller has prefetched them.
-void pack_keys(const float* src, int64_t ld, int64_t n, int64_t n_padded, int64_t D, int64_t block, float* dst) {
-  for (int64_t j0 = 0; j0 < n_padded; j0 += block) {
-    float* out = dst + j0 * D;
-    for (int64_t i = 0; i < block; ++i) {
-      const float* row = src + (j0 + i) * ld;
-      if (j0 + i < n) {
-        for (int64_t c = 0; c < D; ++c) out[c * block + i] = row[c];
-      } else {
-        for (int64_t c = 0; c < D; ++c) out[c * block + i] = 0.0f;
-      }
-    }
-  }
 }
 
 template <typename T>
@@ -188,8 +170,7 @@ void run_item(const Problem& pb, const WorkItem& item, Workspace& ws) {
   const T* v = pb.v->data_ptr<T>() + item.kv_index * vs[0] + item.kv_head * vs[1];
   for (int64_t j0 = 0; j0 < max_limit; j0 += kKeyTile) {
     const int64_t nk = std::min(kKeyTile, max_limit - j0);
-    // The tile is converted to fp32 (and K packed for the stacked layout) once; every row
-    // of the item reads it.
+    // The tile is converted to fp32 once (fp32 is read in place); every row of the item reads it.
     const T* k_tile = k + j0 * ks[2];
     const T* v_tile = v + j0 * vs[2];
     int64_t ldk = 0, ldv = 0;
@@ -205,9 +186,7 @@ void run_item(const Problem& pb, const WorkItem& item, Workspace& ws) {
       for (int64_t r = 0; r < rows_p; ++r) {
         ws.tile_limit[r] = static_cast<float>(std::clamp<int64_t>(ws.limit[r] - j0, 0, nk));  // exact: <= kKeyTile
       }
-      const int64_t nk_p = round_up(nk, kern.key_block);
-      pack_keys(kt, ldk, nk, nk_p, D, kern.key_block, ws.k_packed.data());
-      kern.scores_t(ws.k_packed.data(), nk_p, D, ws.q.data(), rows_p, ws.scores.data(), next_k);
+      kern.scores_t(kt, ldk, nk, D, ws.q.data(), rows_p, ws.scores.data(), next_k);
       kern.softmax_t(ws.scores.data(), nk, rows_p, ws.tile_limit.data(), ws.m.data(), ws.l.data(), ws.alpha.data());
     } else {
       kern.scores_rows(ws.q.data(), rows, D, kt, ldk, nk, ws.scores.data(), kKeyTile);

@@ -119,9 +119,10 @@ class Prefetcher {
   int64_t lines_per_row_, per_step_ = 0, row_ = 0, line_ = 0;
 };
 
-// MR keys x (NV vectors of rows) register tile of s_t = K q_t; kb is one packed key block.
+// MR keys x (NV vectors of rows) register tile of s_t = K q_t; kb points at the first of MR key rows.
 template <class V, int MR, int NV>
-HYDROGEN_INLINE void scores_t_block(const float* kb, int64_t dim, const float* q_t, int64_t rows, float* s_t, int64_t r0) {
+HYDROGEN_INLINE void scores_t_block(
+    const float* kb, int64_t ldk, int64_t dim, const float* q_t, int64_t rows, float* s_t, int64_t r0) {
   constexpr int W = lanes<V>();
   V acc[MR][NV] = {};
   for (int64_t d = 0; d < dim; ++d) {
@@ -130,7 +131,7 @@ HYDROGEN_INLINE void scores_t_block(const float* kb, int64_t dim, const float* q
     for (int u = 0; u < NV; ++u) b[u] = load<V>(q_t + d * rows + r0 + u * W);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const V a = splat<V>(kb[d * MR + i]);
+      const V a = splat<V>(kb[i * ldk + d]);
 #pragma GCC unroll 4
       for (int u = 0; u < NV; ++u) acc[i][u] += a * b[u];
     }
@@ -143,7 +144,7 @@ HYDROGEN_INLINE void scores_t_block(const float* kb, int64_t dim, const float* q
 
 template <class V, int MR, int NV>
 HYDROGEN_INLINE void scores_t_impl(
-    const float* k_packed, int64_t keys, int64_t dim, const float* q_t, int64_t rows, float* s_t,
+    const float* k, int64_t ldk, int64_t keys, int64_t dim, const float* q_t, int64_t rows, float* s_t,
     const PrefetchRange& next) {
   constexpr int W = lanes<V>();
   Prefetcher prefetch(next, (rows / (W * NV) + 1) * (keys / MR));
@@ -151,16 +152,20 @@ HYDROGEN_INLINE void scores_t_impl(
   // Full strips of NV vectors, then single-vector strips for the rest of the rows.
   int64_t r0 = 0;
   for (; r0 + W * NV <= rows; r0 += W * NV) {
-    for (int64_t j = 0; j < keys; j += MR) {
+    int64_t j = 0;
+    for (; j + MR <= keys; j += MR) {
       prefetch.step();
-      scores_t_block<V, MR, NV>(k_packed + j * dim, dim, q_t, rows, s_t + j * rows, r0);
+      scores_t_block<V, MR, NV>(k + j * ldk, ldk, dim, q_t, rows, s_t + j * rows, r0);
     }
+    for (; j < keys; ++j) scores_t_block<V, 1, NV>(k + j * ldk, ldk, dim, q_t, rows, s_t + j * rows, r0);
   }
   for (; r0 < rows; r0 += W) {
-    for (int64_t j = 0; j < keys; j += MR) {
+    int64_t j = 0;
+    for (; j + MR <= keys; j += MR) {
       prefetch.step();
-      scores_t_block<V, MR, 1>(k_packed + j * dim, dim, q_t, rows, s_t + j * rows, r0);
+      scores_t_block<V, MR, 1>(k + j * ldk, ldk, dim, q_t, rows, s_t + j * rows, r0);
     }
+    for (; j < keys; ++j) scores_t_block<V, 1, 1>(k + j * ldk, ldk, dim, q_t, rows, s_t + j * rows, r0);
   }
 }
 
@@ -333,9 +338,9 @@ HYDROGEN_INLINE void accumulate_rows_impl(
 // the two products: scores SMR x SNV, accumulate AMR x ANV.
 #define HYDROGEN_DEFINE_KERNELS(NAME, TARGET, V, VI, SMR, SNV, AMR, ANV)                                                        \
   TARGET void NAME##_scores_t(                                                                                      \
-      const float* k_packed, int64_t keys, int64_t dim, const float* q_t, int64_t rows, float* s_t,                 \
+      const float* k, int64_t ldk, int64_t keys, int64_t dim, const float* q_t, int64_t rows, float* s_t,           \
       const PrefetchRange& next) {                                                                                  \
-    scores_t_impl<V, SMR, SNV>(k_packed, keys, dim, q_t, rows, s_t, next);                                            \
+    scores_t_impl<V, SMR, SNV>(k, ldk, keys, dim, q_t, rows, s_t, next);                                              \
   }                                                                                                                 \
   TARGET void NAME##_softmax_t(                                                                                     \
       float* s_t, int64_t keys, int64_t rows, const float* limit, float* m, float* l, float* alpha) {               \
@@ -357,7 +362,7 @@ HYDROGEN_INLINE void accumulate_rows_impl(
       const float* p, int64_t lds, int64_t rows, int64_t keys, const float* v, int64_t ldv, int64_t dim, float* acc) { \
     accumulate_rows_impl<V>(p, lds, rows, keys, v, ldv, dim, acc);                                                  \
   }                                                                                                                 \
-  const TileKernels NAME##_kernels{#NAME,              SMR,                NAME##_scores_t,                            \
+  const TileKernels NAME##_kernels{#NAME,              NAME##_scores_t,                                                \
                                    NAME##_softmax_t,   NAME##_accumulate_t, NAME##_scores_rows,                        \
                                    NAME##_softmax_row, NAME##_accumulate_rows};
 

@@ -3,9 +3,8 @@
 //
 // Two layouts, picked by how many query rows a work item stacks:
 // - stacked (many rows): queries are packed transposed, q_t [dim][rows], and scores are
-//   kept transposed, s_t [keys][rows], so the online softmax vectorises across rows. Each
-//   K tile is packed once into blocks of `key_block` keys interleaved along head_dim,
-//   k_packed [keys / key_block][dim][key_block], so the product streams it sequentially;
+//   kept transposed, s_t [keys][rows], so K and V are read row-major in place and the
+//   online softmax vectorises across rows;
 // - few rows (decode of one sequence): one dot product per (row, key), s [rows][keys].
 #pragma once
 
@@ -28,11 +27,9 @@ struct PrefetchRange {
 
 struct TileKernels {
   const char* isa;
-  int64_t key_block;  // keys per block of k_packed
-  // s_t[j][r] = sum_d k_packed[j / key_block][d][j % key_block] * q_t[d*rows + r], for
-  // j < keys (a multiple of key_block) and r < rows (a multiple of kRowPad).
+  // s_t[j][r] = sum_d k[j*ldk + d] * q_t[d*rows + r], for j < keys, r < rows (rows % kRowPad == 0).
   void (*scores_t)(
-      const float* k_packed, int64_t keys, int64_t dim, const float* q_t, int64_t rows, float* s_t,
+      const float* k, int64_t ldk, int64_t keys, int64_t dim, const float* q_t, int64_t rows, float* s_t,
       const PrefetchRange& next);
   // Online-softmax step over the columns of s_t: key j counts for row r when j < limit[r].
   // Updates the running max m and sum l, turns s_t into probabilities (0 where masked) and
