@@ -228,6 +228,21 @@ HYDROGEN_INLINE void accumulate_t_block(
     for (int u = 0; u < NV; ++u) store(acc_out + (r0 + i) * dim_padded + c0 + u * W, acc[i][u]);
 }
 
+// One column strip over all rows: blocks of MR rows, then of 4 and 1 (rows % 4 == 0).
+// (A helper, not a lambda: a lambda would not inherit the ISA target attribute.)
+template <class V, int MR, int NV>
+HYDROGEN_INLINE void accumulate_t_strip(
+    const float* p_t, int64_t keys, int64_t rows, const float* v, int64_t ldv, int64_t dim_padded, float* acc_out,
+    int64_t c0, Prefetcher& prefetch) {
+  int64_t r0 = 0;
+  for (; r0 + MR <= rows; r0 += MR) {
+    prefetch.step();
+    accumulate_t_block<V, MR, NV>(p_t, keys, rows, v, ldv, dim_padded, acc_out, r0, c0);
+  }
+  for (; r0 + 4 <= rows; r0 += 4) accumulate_t_block<V, 4, NV>(p_t, keys, rows, v, ldv, dim_padded, acc_out, r0, c0);
+  for (; r0 < rows; ++r0) accumulate_t_block<V, 1, NV>(p_t, keys, rows, v, ldv, dim_padded, acc_out, r0, c0);
+}
+
 template <class V, int MR, int NV>
 HYDROGEN_INLINE void accumulate_t_impl(
     const float* p_t, int64_t keys, int64_t rows, const float* v, int64_t ldv, int64_t dim_padded, float* acc_out,
@@ -237,17 +252,9 @@ HYDROGEN_INLINE void accumulate_t_impl(
   // Column strips of NV vectors, then single-vector strips for the rest of head_dim.
   int64_t c0 = 0;
   for (; c0 + W * NV <= dim_padded; c0 += W * NV) {
-    for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-      prefetch.step();
-      accumulate_t_block<V, MR, NV>(p_t, keys, rows, v, ldv, dim_padded, acc_out, r0, c0);
-    }
+    accumulate_t_strip<V, MR, NV>(p_t, keys, rows, v, ldv, dim_padded, acc_out, c0, prefetch);
   }
-  for (; c0 < dim_padded; c0 += W) {
-    for (int64_t r0 = 0; r0 < rows; r0 += MR) {
-      prefetch.step();
-      accumulate_t_block<V, MR, 1>(p_t, keys, rows, v, ldv, dim_padded, acc_out, r0, c0);
-    }
-  }
+  for (; c0 < dim_padded; c0 += W) accumulate_t_strip<V, MR, 1>(p_t, keys, rows, v, ldv, dim_padded, acc_out, c0, prefetch);
 }
 
 template <class V>
@@ -370,7 +377,7 @@ HYDROGEN_INLINE void accumulate_rows_impl(
 HYDROGEN_DEFINE_KERNELS(generic, , f4, i4, 4, 2, 4, 2)
 #if defined(__x86_64__)
 HYDROGEN_DEFINE_KERNELS(avx2, __attribute__((target("avx2,fma"))), f8, i8, 4, 2, 4, 2)
-HYDROGEN_DEFINE_KERNELS(avx512, __attribute__((target("avx512f"))), f16, i16, 4, 4, 4, 4)
+HYDROGEN_DEFINE_KERNELS(avx512, __attribute__((target("avx512f"))), f16, i16, 6, 4, 6, 4)
 #endif
 
 static_assert(kRowPad % 32 == 0 && kColPad % 32 == 0, "padding must fit every register tile");
