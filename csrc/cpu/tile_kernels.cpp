@@ -97,7 +97,9 @@ HYDROGEN_INLINE V exp_nonpositive(V x) {
   return (V)((VI)result & ~underflow);
 }
 
-// Spreads the prefetches of a PrefetchRange evenly over `steps` calls of step().
+// Spreads the prefetches of a PrefetchRange evenly over `steps` calls of step(); the
+// kernels call it once per inner-loop iteration so that the requests trickle out
+// instead of filling the miss queues in bursts.
 class Prefetcher {
  public:
   Prefetcher(const PrefetchRange& r, int64_t steps) : r_(r), lines_per_row_((r.row_bytes + 63) / 64) {
@@ -122,10 +124,12 @@ class Prefetcher {
 // MR keys x (NV vectors of rows) register tile of s_t = K q_t; kb points at the first of MR key rows.
 template <class V, int MR, int NV>
 HYDROGEN_INLINE void scores_t_block(
-    const float* kb, int64_t ldk, int64_t dim, const float* q_t, int64_t rows, float* s_t, int64_t r0) {
+    const float* kb, int64_t ldk, int64_t dim, const float* q_t, int64_t rows, float* s_t, int64_t r0,
+    Prefetcher& prefetch) {
   constexpr int W = lanes<V>();
   V acc[MR][NV] = {};
   for (int64_t d = 0; d < dim; ++d) {
+    prefetch.step();
     V b[NV];
 #pragma GCC unroll 4
     for (int u = 0; u < NV; ++u) b[u] = load<V>(q_t + d * rows + r0 + u * W);
@@ -147,25 +151,19 @@ HYDROGEN_INLINE void scores_t_impl(
     const float* k, int64_t ldk, int64_t keys, int64_t dim, const float* q_t, int64_t rows, float* s_t,
     const PrefetchRange& next) {
   constexpr int W = lanes<V>();
-  Prefetcher prefetch(next, (rows / (W * NV) + 1) * (keys / MR));
+  Prefetcher prefetch(next, (rows / (W * NV) + 1) * keys / MR * dim);
   // Row strips outermost: a strip of q_t stays in L1 while the key tile streams past it.
   // Full strips of NV vectors, then single-vector strips for the rest of the rows.
   int64_t r0 = 0;
   for (; r0 + W * NV <= rows; r0 += W * NV) {
     int64_t j = 0;
-    for (; j + MR <= keys; j += MR) {
-      prefetch.step();
-      scores_t_block<V, MR, NV>(k + j * ldk, ldk, dim, q_t, rows, s_t + j * rows, r0);
-    }
-    for (; j < keys; ++j) scores_t_block<V, 1, NV>(k + j * ldk, ldk, dim, q_t, rows, s_t + j * rows, r0);
+    for (; j + MR <= keys; j += MR) scores_t_block<V, MR, NV>(k + j * ldk, ldk, dim, q_t, rows, s_t + j * rows, r0, prefetch);
+    for (; j < keys; ++j) scores_t_block<V, 1, NV>(k + j * ldk, ldk, dim, q_t, rows, s_t + j * rows, r0, prefetch);
   }
   for (; r0 < rows; r0 += W) {
     int64_t j = 0;
-    for (; j + MR <= keys; j += MR) {
-      prefetch.step();
-      scores_t_block<V, MR, 1>(k + j * ldk, ldk, dim, q_t, rows, s_t + j * rows, r0);
-    }
-    for (; j < keys; ++j) scores_t_block<V, 1, 1>(k + j * ldk, ldk, dim, q_t, rows, s_t + j * rows, r0);
+    for (; j + MR <= keys; j += MR) scores_t_block<V, MR, 1>(k + j * ldk, ldk, dim, q_t, rows, s_t + j * rows, r0, prefetch);
+    for (; j < keys; ++j) scores_t_block<V, 1, 1>(k + j * ldk, ldk, dim, q_t, rows, s_t + j * rows, r0, prefetch);
   }
 }
 
@@ -203,7 +201,7 @@ HYDROGEN_INLINE void softmax_t_impl(
 template <class V, int MR, int NV>
 HYDROGEN_INLINE void accumulate_t_block(
     const float* p_t, int64_t keys, int64_t rows, const float* v, int64_t ldv, int64_t dim_padded, float* acc_out,
-    int64_t r0, int64_t c0) {
+    int64_t r0, int64_t c0, Prefetcher& prefetch) {
   constexpr int W = lanes<V>();
   V acc[MR][NV];
 #pragma GCC unroll 16
@@ -211,6 +209,7 @@ HYDROGEN_INLINE void accumulate_t_block(
 #pragma GCC unroll 4
     for (int u = 0; u < NV; ++u) acc[i][u] = load<V>(acc_out + (r0 + i) * dim_padded + c0 + u * W);
   for (int64_t j = 0; j < keys; ++j) {
+    prefetch.step();
     V b[NV];
 #pragma GCC unroll 4
     for (int u = 0; u < NV; ++u) b[u] = load<V>(v + j * ldv + c0 + u * W);
@@ -235,12 +234,9 @@ HYDROGEN_INLINE void accumulate_t_strip(
     const float* p_t, int64_t keys, int64_t rows, const float* v, int64_t ldv, int64_t dim_padded, float* acc_out,
     int64_t c0, Prefetcher& prefetch) {
   int64_t r0 = 0;
-  for (; r0 + MR <= rows; r0 += MR) {
-    prefetch.step();
-    accumulate_t_block<V, MR, NV>(p_t, keys, rows, v, ldv, dim_padded, acc_out, r0, c0);
-  }
-  for (; r0 + 4 <= rows; r0 += 4) accumulate_t_block<V, 4, NV>(p_t, keys, rows, v, ldv, dim_padded, acc_out, r0, c0);
-  for (; r0 < rows; ++r0) accumulate_t_block<V, 1, NV>(p_t, keys, rows, v, ldv, dim_padded, acc_out, r0, c0);
+  for (; r0 + MR <= rows; r0 += MR) accumulate_t_block<V, MR, NV>(p_t, keys, rows, v, ldv, dim_padded, acc_out, r0, c0, prefetch);
+  for (; r0 + 4 <= rows; r0 += 4) accumulate_t_block<V, 4, NV>(p_t, keys, rows, v, ldv, dim_padded, acc_out, r0, c0, prefetch);
+  for (; r0 < rows; ++r0) accumulate_t_block<V, 1, NV>(p_t, keys, rows, v, ldv, dim_padded, acc_out, r0, c0, prefetch);
 }
 
 template <class V, int MR, int NV>
@@ -248,7 +244,7 @@ HYDROGEN_INLINE void accumulate_t_impl(
     const float* p_t, int64_t keys, int64_t rows, const float* v, int64_t ldv, int64_t dim_padded, float* acc_out,
     const PrefetchRange& next) {
   constexpr int W = lanes<V>();
-  Prefetcher prefetch(next, (dim_padded / (W * NV) + 1) * (rows / MR));
+  Prefetcher prefetch(next, (dim_padded / (W * NV) + 1) * (rows / MR) * keys);
   // Column strips of NV vectors, then single-vector strips for the rest of head_dim.
   int64_t c0 = 0;
   for (; c0 + W * NV <= dim_padded; c0 += W * NV) {
