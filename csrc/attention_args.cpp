@@ -1,5 +1,6 @@
 #include "attention_args.h"
 
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -122,6 +123,13 @@ at::ScalarType resolve_out_dtype(const char* op, c10::optional<at::ScalarType> r
   TORCH_CHECK_VALUE(
       is_supported_float(*requested), op, ": out_dtype must be float32, bfloat16 or float16, got ", *requested);
   return *requested;
+}
+
+std::tuple<at::Tensor, at::Tensor> allocate_outputs(
+    const char* op, const at::Tensor& q, c10::optional<at::ScalarType> out_dtype) {
+  at::Tensor out = at::empty(q.sizes(), q.options().dtype(resolve_out_dtype(op, out_dtype, q.scalar_type())));
+  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+  return {out, lse};
 }
 
 }  // namespace hydrogen

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include <tuple>
 #include <vector>
 
 namespace hydrogen {
@@ -48,6 +49,11 @@ double resolve_scale(const char* op, c10::optional<double> scale, int64_t head_d
 
 // The dtype of the attention output: `requested` if given (a floating type), else `fallback`.
 at::ScalarType resolve_out_dtype(const char* op, c10::optional<at::ScalarType> requested, at::ScalarType fallback);
+
+// Uninitialised outputs of an attention op on q's device: out [B, Hq, Lq, D] in out_dtype
+// (default q's dtype) and lse [B, Hq, Lq] float32.
+std::tuple<at::Tensor, at::Tensor> allocate_outputs(
+    const char* op, const at::Tensor& q, c10::optional<at::ScalarType> out_dtype);
 
 // The dtypes the kernels accept for q, k, v and partial outputs.
 bool is_supported_float(at::ScalarType dtype);

@@ -261,13 +261,6 @@ std::vector<int64_t> read_lengths(
 
 at::Tensor last_dim_contiguous(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
-std::tuple<at::Tensor, at::Tensor> allocate_outputs(
-    const at::Tensor& q, const char* op, c10::optional<at::ScalarType> out_dtype) {
-  at::Tensor out = at::empty(q.sizes(), q.options().dtype(resolve_out_dtype(op, out_dtype, q.scalar_type())));
-  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
-  return {out, lse};
-}
-
 std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional<at::Tensor>& kv_lens,
     const c10::optional<at::Tensor>& seq_to_prefix, c10::optional<double> scale,
@@ -275,7 +268,7 @@ std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
   const char* op = "prefix_attention";
   const AttentionDims d = check_prefix_args(q_in, k_in, v_in, kv_lens, seq_to_prefix);
   const float sc = static_cast<float>(resolve_scale(op, scale, d.head_dim));
-  auto [out, lse] = allocate_outputs(q_in, op, out_dtype);
+  auto [out, lse] = allocate_outputs(op, q_in, out_dtype);
   const at::Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
   const std::vector<int64_t> lens = read_lengths(op, kv_lens, d.kv_batch, d.kv_len, "the padded prefix length");
 
@@ -311,7 +304,7 @@ std::tuple<at::Tensor, at::Tensor> suffix_attention_cpu(
   const char* op = "suffix_attention";
   const AttentionDims d = check_suffix_args(q_in, k_in, v_in, kv_lens);
   const float sc = static_cast<float>(resolve_scale(op, scale, d.head_dim));
-  auto [out, lse] = allocate_outputs(q_in, op, out_dtype);
+  auto [out, lse] = allocate_outputs(op, q_in, out_dtype);
   const at::Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
   const std::vector<int64_t> lens = read_lengths(op, kv_lens, d.batch, d.kv_len, "the padded suffix length");
 

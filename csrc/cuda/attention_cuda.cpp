@@ -86,6 +86,25 @@ void fill_qkv(AttnParams& p, const at::Tensor& q, const at::Tensor& k, const at:
   p.v_sb = v.stride(0); p.v_sh = v.stride(1); p.v_sl = v.stride(2);
 }
 
+// The parameters both attention ops share: q/k/v views, sizes, kv_lens and the scale.
+// kv_lens is made contiguous into lens_keep, which must outlive the launch.
+AttnParams make_params(
+    const AttentionDims& d, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& kv_lens, at::Tensor& lens_keep, double scale) {
+  AttnParams p;
+  fill_qkv(p, q, k, v);
+  p.batch = d.batch;
+  p.q_heads = static_cast<int>(d.q_heads);
+  p.kv_heads = static_cast<int>(d.kv_heads);
+  p.group = static_cast<int>(d.group());
+  p.q_len = static_cast<int>(d.q_len);
+  p.kv_len = static_cast<int>(d.kv_len);
+  p.num_kv = d.kv_batch;
+  p.kv_lens = index_ref(kv_lens, lens_keep);
+  p.scale_log2 = static_cast<float>(scale * kLog2e);
+  return p;
+}
+
 // Number of KV splits so that ~target CTAs run, each split >= 256 keys (a multiple of bn).
 int choose_splits(int64_t ctas, int64_t kv_len, int bn, int64_t target, int* keys_per_split) {
   if (kv_len <= 0) {
@@ -226,29 +245,17 @@ std::tuple<at::Tensor, at::Tensor> prefix_attention_cuda(
   const char* op = "prefix_attention";
   const AttentionDims d = check_prefix_args(q_in, k_in, v_in, kv_lens, seq_to_prefix);
   const double sc = resolve_scale(op, scale, d.head_dim);
-  const at::ScalarType odt = resolve_out_dtype(op, out_dtype, q_in.scalar_type());
   check_cuda_shapes(op, d);
   c10::cuda::CUDAGuard guard(q_in.device());
-  at::Tensor out = at::empty({d.batch, d.q_heads, d.q_len, d.head_dim}, q_in.options().dtype(odt));
-  at::Tensor lse = at::empty({d.batch, d.q_heads, d.q_len}, q_in.options().dtype(at::kFloat));
+  auto [out, lse] = allocate_outputs(op, q_in, out_dtype);
   if (lse.numel() == 0) return {out, lse};
 
   const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
   at::Tensor lens_keep, s2p_keep;
-  AttnParams p;
-  fill_qkv(p, q, k, v);
-  p.batch = d.batch;
-  p.q_heads = static_cast<int>(d.q_heads);
-  p.kv_heads = static_cast<int>(d.kv_heads);
-  p.group = static_cast<int>(d.group());
-  p.q_len = static_cast<int>(d.q_len);
-  p.kv_len = static_cast<int>(d.kv_len);
-  p.num_kv = d.kv_batch;
-  p.kv_lens = index_ref(kv_lens, lens_keep);
+  AttnParams p = make_params(d, q, k, v, kv_lens, lens_keep, sc);
   p.seq_to_prefix = index_ref(seq_to_prefix, s2p_keep);
   p.kv_from_batch = 0;
   p.causal = 0;
-  p.scale_log2 = static_cast<float>(sc * kLog2e);
   const ElemType in_type = elem_type(q.scalar_type());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
@@ -292,28 +299,16 @@ std::tuple<at::Tensor, at::Tensor> suffix_attention_cuda(
   const char* op = "suffix_attention";
   const AttentionDims d = check_suffix_args(q_in, k_in, v_in, kv_lens);
   const double sc = resolve_scale(op, scale, d.head_dim);
-  const at::ScalarType odt = resolve_out_dtype(op, out_dtype, q_in.scalar_type());
   check_cuda_shapes(op, d);
   c10::cuda::CUDAGuard guard(q_in.device());
-  at::Tensor out = at::empty({d.batch, d.q_heads, d.q_len, d.head_dim}, q_in.options().dtype(odt));
-  at::Tensor lse = at::empty({d.batch, d.q_heads, d.q_len}, q_in.options().dtype(at::kFloat));
+  auto [out, lse] = allocate_outputs(op, q_in, out_dtype);
   if (lse.numel() == 0) return {out, lse};
 
   const at::Tensor q = kernel_ready(q_in), k = kernel_ready(k_in), v = kernel_ready(v_in);
   at::Tensor lens_keep;
-  AttnParams p;
-  fill_qkv(p, q, k, v);
-  p.batch = d.batch;
-  p.q_heads = static_cast<int>(d.q_heads);
-  p.kv_heads = static_cast<int>(d.kv_heads);
-  p.group = static_cast<int>(d.group());
-  p.q_len = static_cast<int>(d.q_len);
-  p.kv_len = static_cast<int>(d.kv_len);
-  p.num_kv = d.kv_batch;
-  p.kv_lens = index_ref(kv_lens, lens_keep);
+  AttnParams p = make_params(d, q, k, v, kv_lens, lens_keep, sc);
   p.kv_from_batch = 1;
   p.causal = causal ? 1 : 0;
-  p.scale_log2 = static_cast<float>(sc * kLog2e);
   const ElemType in_type = elem_type(q.scalar_type());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
