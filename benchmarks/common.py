@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import statistics
 import time
@@ -49,6 +50,8 @@ def machine_info(device: str = "cpu") -> Dict[str, object]:
         "machine": platform.machine(),
         "processor": _cpu_name(),
         "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
@@ -69,7 +72,9 @@ def _cpu_name() -> str:
 
 def markdown_table(rows: List[Dict[str, object]], columns: List[str]) -> str:
     def fmt(x):
-        return f"{x:.3g}" if isinstance(x, float) else str(x)
+        if isinstance(x, float):
+            return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.3g}"
+        return str(x)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
@@ -80,3 +85,62 @@ def write_json(path: str, payload: Dict[str, object]) -> None:
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
         f.write("\n")
+
+
+def progress(iterable, **kwargs):
+    """tqdm progress bar (on stderr) when tqdm is installed, else the plain iterable."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, **kwargs)
+
+
+def pyplot():
+    """matplotlib.pyplot with the file backend, or None (and a note) when matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot written")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _busy_cpus_now(seconds: float = 0.5):
+    """CPUs kept busy by other processes right now (from /proc/stat), or None."""
+    def sample():
+        with open("/proc/stat") as f:
+            vals = [int(x) for x in f.readline().split()[1:]]
+        return vals[3] + vals[4], sum(vals)  # idle + iowait, total
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return (1 - (idle1 - idle0) / total) * (os.cpu_count() or 1) if total > 0 else None
+
+
+def busy_warning(during_run: bool = False) -> str:
+    """A warning when other processes keep the CPUs busy (timings then mean little), else ''.
+    Before a run: what the CPUs do right now (we are idle). during_run: the 1-minute load
+    average, which then includes this benchmark's own threads (up to one per CPU)."""
+    cpus = os.cpu_count() or 1
+    if during_run:
+        if not hasattr(os, "getloadavg"):
+            return ""
+        load = os.getloadavg()[0]
+        if load > 1.4 * cpus:
+            return (f"warning: the machine was busy (1-minute load average {load:.1f} on {cpus} CPUs, this run "
+                    "included); CPU timings are noisy and slower than on an idle machine")
+        return ""
+    busy = _busy_cpus_now()
+    if busy is not None and busy > 0.5 * cpus:
+        return (f"warning: the machine is busy (other processes use {busy:.1f} of {cpus} CPUs); "
+                "CPU timings will be noisy and slower than on an idle machine")
+    return ""

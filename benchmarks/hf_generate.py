@@ -1,173 +1,345 @@
-"""Decode throughput and KV-cache bytes: hydrogen_ops.hf.generate vs stock generate().
+"""End-to-end decode throughput and KV-cache bytes on a random-weight Llama-shaped model.
 
-N completions of one prompt (batch B, shared prefix of P tokens) on a random-weight,
-Llama-shaped model. Decode time only (as in the Hydragen paper): the clock starts when
-the first new token exists, so prefill and the first token are excluded. Both paths run
-greedy search on the same model; the script checks they produce identical tokens.
+B completions of one P-token prompt, greedy, three paths on the same model:
+  * hydrogen:     hydrogen_ops.hf.generate (prefix prefilled once, its KV stored once,
+                  decode attention through hydrogen_ops.hydragen_attention);
+  * stock:        stock transformers generate() with the prompt repeated B times (SDPA,
+                  DynamicCache holding B copies of the prompt's KV). The prompt is prefilled
+                  once at batch 1 and the cache copied B times (transformers' prompt-reuse
+                  recipe), which gives the same cache and the same decode as prefilling the
+                  repeated prompt, in a fraction of the set-up time;
+  * no_attention: the ceiling of the Hydragen paper: the Hydrogen run (same model, same cache,
+                  same generate() loop, q/k/v/o projections kept) with the attention output
+                  replaced by the query, so it costs what the model costs without attention.
+Decode time only, as in the paper: a stopping criterion stamps every step, the first token
+(prefill) is excluded, and tokens/s = B / median step time over the decode steps of a run
+(after a warm-up generate); with --repeats N each path runs N times and the fastest run
+counts (on a GPU the decode loop is host-bound and a single run can be disturbed). Hydrogen and stock must produce identical tokens in fp32
+(checked); in bf16 the share of equal tokens is reported (near-ties may round differently).
+KV bytes: what each path's cache holds at the end (its peak).
 
-    .venv/bin/python benchmarks/hf_generate.py                 # batch 16, 2048-token prefix
-    .venv/bin/python benchmarks/hf_generate.py --quick         # a few seconds
-    .venv/bin/python benchmarks/hf_generate.py --out bench_results/hf_generate.json
+  python benchmarks/hf_generate.py --quick          # seconds
+  python benchmarks/hf_generate.py                  # batch 64, prefix 1024..8192 (a few minutes on 2 cores)
+  python benchmarks/hf_generate.py --batches 64 --prefixes 4096
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
+import statistics
+import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import busy_warning, machine_info, markdown_table, progress, pyplot, write_json  # noqa: E402
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+NO_ATTENTION = "hydrogen_bench_no_attention"
 
 
 class _Clock:
     """A StoppingCriteria that stamps the time of every decoding step (never stops)."""
 
-    def __init__(self):
+    def __init__(self, device):
+        self.device = device
         self.stamps = []
 
     def __call__(self, input_ids, scores, **kwargs):
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
         self.stamps.append(time.perf_counter())
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
+    def decode_stats(self, batch):
+        steps = [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+        med = statistics.median(steps)
+        return {"decode_steps": len(steps), "median_step_s": med, "tokens_per_s": batch / med,
+                "decode_s": sum(steps), "mean_tokens_per_s": batch * len(steps) / sum(steps)}
 
-def make_model(args):
+
+def add_model_args(p, hidden=1024, intermediate=2816, layers=4, heads=16, kv_heads=4, vocab=2048):
+    p.add_argument("--hidden", type=int, default=hidden)
+    p.add_argument("--intermediate", type=int, default=intermediate)
+    p.add_argument("--layers", type=int, default=layers)
+    p.add_argument("--heads", type=int, default=heads)
+    p.add_argument("--kv-heads", type=int, default=kv_heads)
+    p.add_argument("--vocab", type=int, default=vocab)
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="default float32 on CPU, bfloat16 on CUDA")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+
+
+def make_model(args, max_positions):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads,
-        max_position_embeddings=args.prefix + args.new_tokens + 64,
-        initializer_range=0.2,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        max_position_embeddings=max_positions, initializer_range=0.2,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).to(getattr(torch, args.dtype)).eval()
+    dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
+    model = LlamaForCausalLM(cfg).to(device=args.device, dtype=getattr(torch, dtype)).eval()
     model.set_attn_implementation("sdpa")
     return model
 
 
-def run(model, prompt, args, hydrogen: bool):
-    import hydrogen_ops.hf as hf
+def model_desc(model):
+    c = model.config
+    return (f"Llama-shaped {c.num_hidden_layers} layers x hidden {c.hidden_size} ({c.num_attention_heads} heads, "
+            f"{c.num_key_value_heads} KV heads, head_dim {c.hidden_size // c.num_attention_heads}, MLP "
+            f"{c.intermediate_size}, vocab {c.vocab_size}), {str(model.dtype).replace('torch.', '')}, random weights")
+
+
+def gen_kwargs(new_tokens, clock):
     from transformers.generation.stopping_criteria import StoppingCriteriaList
 
-    clock = _Clock()
-    kw = dict(
-        max_new_tokens=args.new_tokens,
-        do_sample=False,
-        pad_token_id=0,
-        eos_token_id=None,
-        return_dict_in_generate=True,
-        stopping_criteria=StoppingCriteriaList([clock]),
-    )
+    return dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                eos_token_id=None, return_dict_in_generate=True, stopping_criteria=StoppingCriteriaList([clock]))
+
+
+def cache_bytes(cache) -> int:
+    if hasattr(cache, "kv_bytes"):
+        return cache.kv_bytes()["total"]
+    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+
+
+def stock_kv_bytes(model, rows, tokens) -> int:
+    c = model.config
+    el = torch.tensor([], dtype=model.dtype).element_size()
+    return 2 * c.num_hidden_layers * rows * tokens * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * el
+
+
+@torch.inference_mode()
+def prefill_reused(model, blocks, repeats):
+    """Stock prompt reuse: prefill each block of a prompt tree and copy the DynamicCache down
+    the tree. blocks[i] is [rows_i, len_i] ids (rows_i = rows so far); after block i every
+    row is copied repeats[i] times. All but the last prompt token are prefilled; generate()
+    feeds the last one."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    ids = None
+    for i, (blk, rep) in enumerate(zip(blocks, repeats)):
+        chunk = blk[:, :-1] if i == len(blocks) - 1 else blk
+        if chunk.shape[1]:
+            model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        ids = blk if ids is None else torch.cat([ids, blk], 1)
+        if rep > 1:
+            cache.batch_repeat_interleave(rep)
+            ids = ids.repeat_interleave(rep, 0)
+    return ids, cache
+
+
+def run_stock(model, blocks, repeats, new_tokens):
+    """Stock generate() over a DynamicCache holding every row's whole prompt."""
+    t0 = time.perf_counter()
+    ids, cache = prefill_reused(model, blocks, repeats)
+    clock = _Clock(str(model.device))
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+                             **gen_kwargs(new_tokens, clock))
+    r = clock.decode_stats(ids.shape[0])
+    r.update(prefill_s=clock.stamps[0] - t0, kv_bytes=cache_bytes(out.past_key_values))
+    return r, out.sequences[:, -new_tokens:]
+
+
+def run_hydrogen(model, new_tokens, batch, prefix=None, hierarchical=None, suffixes=None):
+    import hydrogen_ops.hf as hf
+
+    clock = _Clock(str(model.device))
+    kw = gen_kwargs(new_tokens, clock)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        if hydrogen:
-            out = hf.generate(model, prompt, num_return_sequences=args.batch, **kw)
-            kv = out.past_key_values.kv_bytes()["total"]
+        if hierarchical is not None:
+            shared, groups = hierarchical
+            out = hf.generate_hierarchical(model, shared, groups, num_return_sequences=batch, **kw)
         else:
-            out = model.generate(prompt.repeat(args.batch, 1), **kw)
-            cache = out.past_key_values
-            kv = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
-    t_end = time.perf_counter()
-    steps = len(clock.stamps) - 1  # decode steps after the first token
-    decode_s = clock.stamps[-1] - clock.stamps[0]
-    return {
-        "tokens_per_s": args.batch * steps / decode_s,
-        "decode_s": decode_s,
-        "time_to_first_token_s": clock.stamps[0] - t0,
-        "total_s": t_end - t0,
-        "kv_bytes": kv,
-        "sequences": out.sequences,
-    }
+            out = hf.generate(model, prefix, suffixes, num_return_sequences=batch, **kw)
+    rows = out.sequences.shape[0]
+    r = clock.decode_stats(rows)
+    kv = out.past_key_values.kv_bytes()
+    r.update(prefill_s=clock.stamps[0] - t0, kv_bytes=kv["total"], kv_bytes_prefix=kv["prefix"])
+    return r, out.sequences[:, -new_tokens:]
 
 
-def main():
+def _no_attention(module, query, key, value, attention_mask, *args, **kwargs):
+    return query.transpose(1, 2).contiguous(), None  # [B, H, S, D] -> [B, S, H, D]
+
+
+def run_no_attention(model, new_tokens, batch, prefix=None, hierarchical=None, suffixes=None):
+    """The paper's ceiling: the Hydrogen run (same cache, same generate() path, same q/k/v/o
+    projections) with the attention output replaced by the query."""
+    import hydrogen_ops.hf as hf
+
+    real = hf.hydrogen_attention_forward
+    hf.hydrogen_attention_forward = _no_attention  # hf.enable() registers this module global
+    try:
+        r, _ = run_hydrogen(model, new_tokens, batch, prefix=prefix, hierarchical=hierarchical, suffixes=suffixes)
+    finally:
+        hf.hydrogen_attention_forward = real
+        hf._register()
+    return r
+
+
+def best_of(repeats, fn):
+    """Runs fn() (-> (stats, tokens)) `repeats` times; keeps the fastest run, records them all."""
+    runs = [fn() for _ in range(max(1, repeats))]
+    best = max(runs, key=lambda r: r[0]["tokens_per_s"])
+    best[0]["tokens_per_s_runs"] = [r[0]["tokens_per_s"] for r in runs]
+    return best
+
+
+def token_match(a, b) -> float:
+    return (a == b).float().mean().item()
+
+
+def warm_up(model, vocab):
+    ids = torch.randint(3, vocab, (1, 32), device=model.device)
+    run_hydrogen(model, 3, 2, prefix=ids)
+    run_stock(model, [ids], [2], 3)
+    run_no_attention(model, 3, 2, prefix=ids)
+
+
+def plot_prefix(rows, path, title):
+    """Decode tokens/s against prefix length (the Hydragen paper's Figure 3), one colour per batch."""
+    plt = pyplot()
+    if plt is None:
+        return
+    from matplotlib.ticker import ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    batches = sorted({r["batch"] for r in rows})
+    for i, b in enumerate(batches):
+        c = f"C{i}"
+        sel = sorted((r for r in rows if r["batch"] == b), key=lambda r: r["prefix"])
+        x = [r["prefix"] for r in sel]
+        ax.plot(x, [r["no_attention_tok_s"] for r in sel], "--", color=c, label=f"batch {b}: no attention (ceiling)")
+        ax.plot(x, [r["hydrogen_tok_s"] for r in sel], "o-", color=c, label=f"batch {b}: Hydrogen")
+        st = [r for r in sel if r.get("stock_tok_s")]
+        if st:
+            ax.plot([r["prefix"] for r in st], [r["stock_tok_s"] for r in st], "s:", color=c,
+                    label=f"batch {b}: stock generate (SDPA)")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xticks(sorted({r["prefix"] for r in rows}))
+    ax.set_xlabel("shared prefix length (tokens)")
+    ax.set_ylabel("decode throughput (tokens/s)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def short_desc(model):
+    c = model.config
+    return (f"Llama-shaped {c.num_hidden_layers} layers x {c.hidden_size} ({c.num_attention_heads} q / "
+            f"{c.num_key_value_heads} KV heads), {str(model.dtype).replace('torch.', '')}")
+
+
+def table_rows(rows):
+    table = []
+    for r in rows:
+        table.append({
+            "batch": r["batch"], "prefix": r["prefix"],
+            "Hydrogen tok/s": r["hydrogen_tok_s"], "stock tok/s": r.get("stock_tok_s", r.get("stock_note")),
+            "no-attention tok/s": r["no_attention_tok_s"],
+            "Hydrogen / ceiling": f"{100 * r['fraction_of_ceiling']:.0f}%",
+            "stock / ceiling": f"{100 * r['stock_fraction_of_ceiling']:.0f}%" if "stock_fraction_of_ceiling" in r else "n/a",
+            "x stock": r.get("speedup_vs_stock", "n/a"),
+            "KV MiB stock / Hydrogen": f"{r['stock_kv_bytes'] / 2**20:.0f} / {r['hydrogen_kv_bytes'] / 2**20:.0f}",
+            "same tokens": f"{100 * r['token_match']:.0f}%" if "token_match" in r else "n/a",
+        })
+    return table
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--prefix", type=int, default=2048)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--intermediate", type=int, default=1376)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=8)
-    p.add_argument("--vocab", type=int, default=1024)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--repeats", type=int, default=2, help="timed runs per path (best is reported)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    p.add_argument("--quick", action="store_true", help="small sizes, seconds")
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    args = p.parse_args()
+    p.add_argument("--batches", type=int, nargs="*", default=[64])
+    p.add_argument("--prefixes", type=int, nargs="*", default=[1024, 2048, 4096, 8192])
+    p.add_argument("--new-tokens", type=int, default=24)
+    p.add_argument("--kv-limit-gb", type=float, default=8.0, help="skip stock rows whose KV cache would exceed this")
+    p.add_argument("--repeats", type=int, default=1, help="runs per path; the fastest is reported (each run's "
+                   "figure is already a median over its decode steps)")
+    p.add_argument("--quick", action="store_true", help="small model and sizes, seconds")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/hf_generate_<device>[_quick].json)")
+    add_model_args(p)
+    args = p.parse_args(argv)
     if args.quick:
-        args.batch, args.prefix, args.new_tokens, args.repeats = 4, 256, 16, 2
-        args.hidden, args.intermediate, args.layers, args.vocab = 128, 256, 2, 256
-        args.heads, args.kv_heads = 4, 4
+        args.batches, args.prefixes, args.new_tokens = [16], [256, 1024], 12
+        args.hidden, args.intermediate, args.layers, args.vocab, args.heads, args.kv_heads = 256, 512, 2, 512, 4, 2
     if args.threads:
         torch.set_num_threads(args.threads)
-
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("hf_generate.py: no CUDA GPU")
+        return 0
     import transformers
 
-    model = make_model(args)
-    torch.manual_seed(1)
-    prompt = torch.randint(3, args.vocab, (1, args.prefix))
+    model = make_model(args, max(args.prefixes) + args.new_tokens + 64)
+    warm_up(model, args.vocab)
+    rows = []
+    grid = [(b, P) for b in args.batches for P in args.prefixes]
+    for b, P in progress(grid, desc="end-to-end generate", unit="config"):
+        torch.manual_seed(1)
+        prompt = torch.randint(3, args.vocab, (1, P), device=args.device)
+        h, h_tokens = best_of(args.repeats, lambda: run_hydrogen(model, args.new_tokens, b, prefix=prompt))
+        ceiling = best_of(args.repeats, lambda: (run_no_attention(model, args.new_tokens, b, prefix=prompt), None))[0]
+        row = {"batch": b, "prefix": P, "new_tokens": args.new_tokens, "hydrogen_tok_s": h["tokens_per_s"],
+               "no_attention_tok_s": ceiling["tokens_per_s"], "hydrogen_kv_bytes": h["kv_bytes"],
+               "hydrogen_prefill_s": h["prefill_s"], "hydrogen_tok_s_runs": h["tokens_per_s_runs"],
+               "no_attention_tok_s_runs": ceiling["tokens_per_s_runs"]}
+        need = stock_kv_bytes(model, b, P + args.new_tokens)
+        if need > args.kv_limit_gb * 1e9:
+            row["stock_note"] = f"skipped: KV cache {need / 1e9:.1f} GB > {args.kv_limit_gb:.0f} GB guard"
+            row["stock_kv_bytes"] = need
+        else:
+            s, s_tokens = best_of(args.repeats, lambda: run_stock(model, [prompt], [b], args.new_tokens))
+            row.update(stock_tok_s=s["tokens_per_s"], stock_kv_bytes=s["kv_bytes"], stock_prefill_s=s["prefill_s"],
+                       stock_tok_s_runs=s["tokens_per_s_runs"],
+                       identical_tokens=bool(torch.equal(h_tokens, s_tokens)), token_match=token_match(h_tokens, s_tokens))
+            row["speedup_vs_stock"] = row["hydrogen_tok_s"] / row["stock_tok_s"]
+            del s_tokens
+        row["fraction_of_ceiling"] = row["hydrogen_tok_s"] / row["no_attention_tok_s"]
+        if row.get("stock_tok_s"):
+            row["stock_fraction_of_ceiling"] = row["stock_tok_s"] / row["no_attention_tok_s"]
+        row["kv_ratio"] = row["stock_kv_bytes"] / row["hydrogen_kv_bytes"]
+        rows.append(row)
 
-    # warm-up (kernels, allocator), short
-    warm = argparse.Namespace(**{**vars(args), "new_tokens": 2})
-    run(model, prompt[:, : min(64, args.prefix)], warm, True)
-    run(model, prompt[:, : min(64, args.prefix)], warm, False)
-
-    results = {}
-    for name, hyd in (("stock_sdpa", False), ("hydrogen", True)):
-        best = None
-        for _ in range(args.repeats):
-            r = run(model, prompt, args, hyd)
-            if best is None or r["tokens_per_s"] > best["tokens_per_s"]:
-                best = r
-        results[name] = best
-    same = torch.equal(results["stock_sdpa"].pop("sequences"), results["hydrogen"].pop("sequences"))
-
-    s, h = results["stock_sdpa"], results["hydrogen"]
-    summary = {
-        "config": {k: v for k, v in vars(args).items() if k != "out"},
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "identical_tokens": same,
-        "stock_sdpa": s,
-        "hydrogen": h,
-        "speedup": h["tokens_per_s"] / s["tokens_per_s"],
-        "kv_bytes_saved": s["kv_bytes"] - h["kv_bytes"],
-        "kv_ratio": s["kv_bytes"] / h["kv_bytes"],
-    }
-    mib = 1 / 2**20
-    print(
-        f"batch {args.batch}, prefix {args.prefix}, {args.new_tokens} new tokens, Llama-shaped {args.layers}x"
-        f"{args.hidden} ({args.heads} heads, {args.kv_heads} KV heads), {args.dtype}, "
-        f"{torch.get_num_threads()} threads, transformers {transformers.__version__}\n"
-    )
-    print("| path | decode tok/s | time to 1st token (s) | KV cache (MiB) |")
-    print("|---|---:|---:|---:|")
-    for name, r in (("stock generate (sdpa)", s), ("hydrogen_ops.hf.generate", h)):
-        print(f"| {name} | {r['tokens_per_s']:.1f} | {r['time_to_first_token_s']:.2f} | {r['kv_bytes'] * mib:.1f} |")
-    print(
-        f"\nspeedup {summary['speedup']:.2f}x, KV bytes saved {summary['kv_bytes_saved']} "
-        f"({summary['kv_bytes_saved'] * mib:.1f} MiB, {summary['kv_ratio']:.1f}x less), identical tokens: {same}"
-    )
-    print(json.dumps(summary))
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(summary, f, indent=2)
+    info = machine_info(args.device)
+    info["transformers"] = transformers.__version__
+    desc = model_desc(model)
+    where = info.get("gpu") or f"{info['processor']}, {info['threads']} threads"
+    print(f"\n## End-to-end decode throughput: {desc}\n{where}, torch {info['torch']}, transformers "
+          f"{transformers.__version__}, {info['date']}; {args.new_tokens} new tokens, greedy, decode time only\n")
+    table = table_rows(rows)
+    print(markdown_table(table, list(table[0])))
+    if args.device == "cpu" and busy_warning(during_run=True):
+        print(busy_warning(during_run=True))
+    tag = "_quick" if args.quick else ""
+    out = args.out or os.path.join(RESULTS_DIR, f"hf_generate_{args.device}{tag}.json")
+    png = os.path.splitext(out)[0] + ".png"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    plot_prefix(rows, png, f"End-to-end decode, {where}\n{short_desc(model)}, {args.new_tokens} new tokens")
+    write_json(out, {"benchmark": "hf_generate", "quick": args.quick,
+                     "command": "python benchmarks/hf_generate.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                     "machine": info, "model": desc, "model_short": short_desc(model), "config": {k: v for k, v in vars(args).items() if k != "out"},
+                     "results": rows})
+    print(f"\nwrote {out} and {png}")
+    if not all(r.get("identical_tokens", True) for r in rows):
+        if model.dtype == torch.float32:
+            print("ERROR: Hydrogen and stock generate() produced different tokens")
+            return 1
+        print(f"note: in {model.dtype} greedy tokens may differ where two logits tie within rounding "
+              "(different summation order); fp32 runs must match exactly")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,7 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
 VENV="${HYDROGEN_VENV:-$ROOT/.venv}"
-STAMP="$VENV/.hydrogen-deps-v1"
+STAMP="$VENV/.hydrogen-deps-v2"  # bump when the list below changes
 if [ ! -x "$VENV/bin/python" ]; then
   echo "==> creating $VENV"
   "$PYTHON" -m venv "$VENV"
@@ -20,5 +20,14 @@ if [ ! -f "$STAMP" ]; then
     matplotlib tqdm nbclient nbformat ipykernel
   touch "$STAMP"
 fi
-echo "==> building hydrogen_ops (incremental)"
-MAX_JOBS="${MAX_JOBS:-$(nproc)}" python setup.py -q build_ext --inplace
+echo "==> building hydrogen_ops (incremental; the first build compiles the CUDA sources too, a few minutes)"
+LOG="$ROOT/build/build.log"
+mkdir -p "$ROOT/build"
+if ! MAX_JOBS="${MAX_JOBS:-$(nproc)}" python setup.py build_ext --inplace 2>&1 | tee "$LOG" \
+    | { grep --line-buffered -E '^\[[0-9]+/[0-9]+\]|^hydrogen_ops:' | cut -c1-110 || true; }; then
+  tail -40 "$LOG"
+  echo "build failed (full log: $LOG)"
+  exit 1
+fi
+# The in-place build is importable from anywhere in the venv (scripts, notebooks, tests).
+python -c "import site, sys; open(site.getsitepackages()[0] + '/hydrogen_ops_dev.pth', 'w').write(sys.argv[1] + '\n')" "$ROOT"
