@@ -15,7 +15,7 @@ Usage: python benchmarks/attention_cuda.py [--quick] [--out results.json]
 
 import argparse
 import json
-import statistics
+import os
 import sys
 
 import torch
@@ -23,23 +23,15 @@ import torch.nn.functional as F
 
 import hydrogen_ops
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import median_seconds  # noqa: E402
+
 HQ, D, SUFFIX = 32, 128, 128
 ROWS = [(64, 2048), (256, 4096), (1024, 16384)]
 
 
 def time_ms(fn, warmup, repeats):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return median_seconds(fn, warmup=warmup, repeats=repeats, device="cuda") * 1e3
 
 
 def mm_tflops(n, warmup, repeats):
