@@ -265,6 +265,13 @@ def test_every_cpu_isa_variant(isa, tmp_path):
         "    out, _ = H.suffix_attention(q, ks, ks)\n"
         "    ref, _ = attention_reference(q, ks, ks, causal=True)\n"
         "    assert_close_to_exact(out, ref, torch.float32)\n"
+        "# K/V conversion of every kind of half value: with one key, out == v exactly\n"
+        "vals = [0.0, -0.0, 6e-8, -6e-8, 1e-5, 65504.0, -65504.0, 1.0, float('inf'), float('-inf'), float('nan')]\n"
+        "v = torch.tensor((vals * 4)[:40], dtype=torch.half).view(1, 1, 1, 40)\n"
+        "zeros = torch.zeros(1, 1, 1, 40, dtype=torch.half)\n"
+        "out, _ = H.suffix_attention(zeros, zeros, v, out_dtype=torch.float32)\n"
+        "assert torch.equal(out.isnan(), v.float().isnan())\n"
+        "assert torch.equal(out.nan_to_num(0.0), v.float().nan_to_num(0.0)), (out, v)\n"
         "print('ok')\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -123,7 +123,11 @@ const float* tile_as_float(
   for (int64_t j = 0; j < n; ++j) {
     const T* row = src + j * stride;
     float* out = buf + j * ld;
-    for (int64_t c = 0; c < D; ++c) out[c] = to_float(row[c]);
+    if constexpr (std::is_same_v<T, at::Half>) {
+      cpu::tile_kernels().half_to_float(reinterpret_cast<const uint16_t*>(row), D, out);
+    } else {
+      for (int64_t c = 0; c < D; ++c) out[c] = to_float(row[c]);
+    }
     std::fill(out + D, out + ld, 0.0f);
   }
   *ld_out = ld;

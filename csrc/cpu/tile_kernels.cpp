@@ -1,5 +1,9 @@
 #include "tile_kernels.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -337,6 +341,53 @@ HYDROGEN_INLINE void accumulate_rows_impl(
   }
 }
 
+// Half to float from the bits: normal, subnormal, zero, inf and NaN.
+inline float half_bits_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+  float magnitude;
+  if (exp == 0) {
+    magnitude = std::ldexp(static_cast<float>(mant), -24);  // zero or subnormal
+  } else if (exp == 31) {
+    magnitude = mant ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+  } else {
+    uint32_t bits = ((exp + 112u) << 23) | (mant << 13);
+    std::memcpy(&magnitude, &bits, sizeof(float));
+  }
+  uint32_t out;
+  std::memcpy(&out, &magnitude, sizeof(float));
+  out |= sign;
+  float result;
+  std::memcpy(&result, &out, sizeof(float));
+  return result;
+}
+
+void generic_half_to_float(const uint16_t* src, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = half_bits_to_float(src[i]);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,f16c"))) void avx2_half_to_float(const uint16_t* src, int64_t n, float* dst) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  }
+  for (; i < n; ++i) dst[i] = half_bits_to_float(src[i]);
+}
+
+// GCC's own header trips -Wmaybe-uninitialized inside _mm512_cvtph_ps.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f"))) void avx512_half_to_float(const uint16_t* src, int64_t n, float* dst) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+  }
+  for (; i < n; ++i) dst[i] = half_bits_to_float(src[i]);
+}
+#pragma GCC diagnostic pop
+#endif
+
 // One set of entry points per ISA, with (keys or rows) x (vectors) register tiles for
 // the two products: scores SMR x SNV, accumulate AMR x ANV.
 #define HYDROGEN_DEFINE_KERNELS(NAME, TARGET, V, VI, SMR, SNV, AMR, ANV)                                                        \
@@ -367,7 +418,7 @@ HYDROGEN_INLINE void accumulate_rows_impl(
   }                                                                                                                 \
   const TileKernels NAME##_kernels{#NAME,              NAME##_scores_t,                                                \
                                    NAME##_softmax_t,   NAME##_accumulate_t, NAME##_scores_rows,                        \
-                                   NAME##_softmax_row, NAME##_accumulate_rows};
+                                   NAME##_softmax_row, NAME##_accumulate_rows, NAME##_half_to_float};
 
 // 16 accumulator zmm on AVX-512 (8 loads per 16 FMAs); 8 of the 16 ymm/xmm registers otherwise.
 HYDROGEN_DEFINE_KERNELS(generic, , f4, i4, 4, 2, 4, 2)
@@ -384,9 +435,10 @@ const TileKernels& select_kernels() {
 #if defined(__x86_64__)
   __builtin_cpu_init();
   const bool has_avx512 = __builtin_cpu_supports("avx512f");
-  const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool has_avx2 =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   if (want == "avx512" && !has_avx512) throw std::runtime_error("HYDROGEN_CPU_ISA=avx512 but this CPU lacks AVX-512F");
-  if (want == "avx2" && !has_avx2) throw std::runtime_error("HYDROGEN_CPU_ISA=avx2 but this CPU lacks AVX2/FMA");
+  if (want == "avx2" && !has_avx2) throw std::runtime_error("HYDROGEN_CPU_ISA=avx2 but this CPU lacks AVX2/FMA/F16C");
   if (want == "avx512" || (want.empty() && has_avx512)) return avx512_kernels;
   if (want == "avx2" || (want.empty() && has_avx2)) return avx2_kernels;
 #endif

@@ -48,6 +48,8 @@ struct TileKernels {
   // acc[r*dim + d] += sum_j p[r*lds + j] * v[j*ldv + d].
   void (*accumulate_rows)(
       const float* p, int64_t lds, int64_t rows, int64_t keys, const float* v, int64_t ldv, int64_t dim, float* acc);
+  // dst[i] = float(src[i]) for IEEE half-precision bits (hardware conversion where the ISA has it).
+  void (*half_to_float)(const uint16_t* src, int64_t n, float* dst);
 };
 
 // The best kernels this CPU supports; HYDROGEN_CPU_ISA=generic|avx2|avx512 forces one.
