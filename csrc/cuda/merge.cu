@@ -45,7 +45,7 @@ __global__ void __launch_bounds__(256) merge_kernel(const MergeParams p) {
         if (i < p.n && !isinf(lse_v[i])) {
           const float w = expf(lse_v[i] - m);
           sum += w;
-          if (has_data) {
+          if (has_data && w > 0.f) {  // like the CPU: a segment whose weight underflows is not read
             const T* src = static_cast<const T*>(p.out[i]) + b * p.o_sb[i] + h * p.o_sh[i] + l * p.o_sl[i] + c * VEC;
             float f[VEC];
             if constexpr (VEC == 8) {
