@@ -30,14 +30,16 @@ def test_opcheck_every_op(dtype, device):
     torch.library.opcheck(torch.ops.hydrogen.merge_attention, ([o, o], [l, l], None))
 
 
-def test_torch_compile_fullgraph(device):
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(backend, device):
     q, kp, ks = small_problem(device)
     lens_s = torch.tensor([6, 2, 5], device=device)
 
     def decode(q, kp, ks, lens_s):
-        return H.hydragen_attention(q, [(kp[:1], kp[:1], None, None)], (ks, ks, lens_s), return_lse=True)
+        out, lse = H.hydragen_attention(q, [(kp[:1], kp[:1], None, None)], (ks, ks, lens_s), return_lse=True)
+        return out * 2 + 1, lse  # a fused epilogue around the ops for the compiler to generate
 
-    compiled = torch.compile(decode, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(decode, fullgraph=True, backend=backend)
     eager = decode(q, kp, ks, lens_s)
     got = compiled(q, kp, ks, lens_s)
     torch.testing.assert_close(got, eager, rtol=0, atol=0)
