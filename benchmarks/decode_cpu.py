@@ -35,7 +35,6 @@ def main():
         else:
             row = run(64, 16, 16, 128, 4096, 128, repeats=10, prefix_only=True)
     row["sdpa_expanded_ms"] = row["sdpa_ms"]
-    row["speedup_vs_composed"] = row["speedup_vs_torch_composed"]
     row["gemm_gflops"] = gemm / 1e9
     row["prefix_fraction_of_gemm"] = row["prefix_gflops"] * 1e9 / gemm
     print(markdown_table([row], ["batch", "prefix", "suffix", "hydrogen_ms", "sdpa_expanded_ms", "torch_composed_ms",

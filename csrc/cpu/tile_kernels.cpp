@@ -58,13 +58,6 @@ HYDROGEN_INLINE V splat(float x) {
   }
 }
 
-template <class V>
-HYDROGEN_INLINE V iota() {
-  V r;
-  for (int i = 0; i < lanes<V>(); ++i) r[i] = static_cast<float>(i);
-  return r;
-}
-
 // Horizontal sum by halving: 4 adds for 16 lanes instead of a 16-step lane loop.
 template <class V>
 HYDROGEN_INLINE float hsum(V v) {
