@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <limits>
 
 namespace hydrogen {
 
@@ -11,10 +12,10 @@ bool is_supported_float(at::ScalarType dtype) {
   return dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
 }
 
-AttentionDims check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  TORCH_CHECK_VALUE(q.dim() == 4, op, ": q must have rank 4 [batch, q_heads, q_len, head_dim], got shape ", q.sizes());
-  TORCH_CHECK_VALUE(k.dim() == 4, op, ": k must have rank 4 [n, kv_heads, kv_len, head_dim], got shape ", k.sizes());
-  TORCH_CHECK_VALUE(v.dim() == 4, op, ": v must have rank 4 [n, kv_heads, kv_len, head_dim], got shape ", v.sizes());
+SymAttentionDims check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  TORCH_CHECK_VALUE(q.dim() == 4, op, ": q must have rank 4 [batch, q_heads, q_len, head_dim], got shape ", q.sym_sizes());
+  TORCH_CHECK_VALUE(k.dim() == 4, op, ": k must have rank 4 [n, kv_heads, kv_len, head_dim], got shape ", k.sym_sizes());
+  TORCH_CHECK_VALUE(v.dim() == 4, op, ": v must have rank 4 [n, kv_heads, kv_len, head_dim], got shape ", v.sym_sizes());
   TORCH_CHECK_VALUE(
       is_supported_float(q.scalar_type()), op, ": q must be float32, bfloat16 or float16, got ", q.scalar_type());
   TORCH_CHECK_VALUE(
@@ -24,20 +25,28 @@ AttentionDims check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k
       k.device() == q.device() && v.device() == q.device(), op, ": q, k and v must be on one device, got q on ",
       q.device(), ", k on ", k.device(), ", v on ", v.device());
   TORCH_CHECK_VALUE(
-      k.sizes() == v.sizes(), op, ": k and v must have the same shape, got k ", k.sizes(), " and v ", v.sizes());
-  AttentionDims d{q.size(0), q.size(1), q.size(2), q.size(3), k.size(0), k.size(1), k.size(2)};
-  TORCH_CHECK_VALUE(d.head_dim > 0, op, ": head_dim must be positive, got q shape ", q.sizes());
+      k.sym_sizes() == v.sym_sizes(), op, ": k and v must have the same shape, got k ", k.sym_sizes(), " and v ",
+      v.sym_sizes());
+  SymAttentionDims d{q.sym_size(0), q.sym_size(1), q.sym_size(2), q.sym_size(3),
+                     k.sym_size(0), k.sym_size(1), k.sym_size(2)};
+  TORCH_CHECK_VALUE(d.head_dim > 0, op, ": head_dim must be positive, got q shape ", q.sym_sizes());
   TORCH_CHECK_VALUE(
-      k.size(3) == d.head_dim, op, ": k and v head_dim (", k.size(3), ") must equal q head_dim (", d.head_dim, ")");
-  TORCH_CHECK_VALUE(d.kv_heads > 0, op, ": k and v must have at least one kv head, got shape ", k.sizes());
+      d.head_dim <= kMaxHeadDim, op, ": head_dim must be at most ", kMaxHeadDim, ", got q shape ", q.sym_sizes());
+  TORCH_CHECK_VALUE(
+      k.sym_size(3) == d.head_dim, op, ": k and v head_dim (", k.sym_size(3), ") must equal q head_dim (", d.head_dim,
+      ")");
+  TORCH_CHECK_VALUE(d.kv_heads > 0, op, ": k and v must have at least one kv head, got shape ", k.sym_sizes());
   TORCH_CHECK_VALUE(
       d.q_heads % d.kv_heads == 0, op, ": q_heads (", d.q_heads, ") must be a multiple of kv_heads (", d.kv_heads,
       ")");
   return d;
 }
 
+namespace {
+
+// Checks an optional 1-D integer length/index tensor of `expected_numel` entries on q's device.
 void check_index_tensor(
-    const char* op, const char* name, const c10::optional<at::Tensor>& t, int64_t expected_numel,
+    const char* op, const char* name, const c10::optional<at::Tensor>& t, const c10::SymInt& expected_numel,
     const at::Tensor& q) {
   if (!t.has_value()) {
     return;
@@ -47,17 +56,24 @@ void check_index_tensor(
       x.scalar_type() == at::kInt || x.scalar_type() == at::kLong, op, ": ", name,
       " must be an int32 or int64 tensor, got ", x.scalar_type());
   TORCH_CHECK_VALUE(
-      x.dim() == 1 && x.size(0) == expected_numel, op, ": ", name, " must have shape [", expected_numel, "], got ",
-      x.sizes());
+      x.dim() == 1 && x.sym_size(0) == expected_numel, op, ": ", name, " must have shape [", expected_numel,
+      "], got ", x.sym_sizes());
   TORCH_CHECK_VALUE(
       x.device() == q.device(), op, ": ", name, " must be on q's device (", q.device(), "), got ", x.device());
 }
 
-AttentionDims check_prefix_args(
+AttentionDims concrete(const SymAttentionDims& d) {
+  return {d.batch.expect_int(),    d.q_heads.expect_int(),  d.q_len.expect_int(),  d.head_dim.expect_int(),
+          d.kv_batch.expect_int(), d.kv_heads.expect_int(), d.kv_len.expect_int()};
+}
+
+}  // namespace
+
+SymAttentionDims check_prefix_shapes(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& kv_lens,
     const c10::optional<at::Tensor>& seq_to_prefix) {
   const char* op = "prefix_attention";
-  AttentionDims d = check_qkv(op, q, k, v);
+  SymAttentionDims d = check_qkv(op, q, k, v);
   check_index_tensor(op, "kv_lens", kv_lens, d.kv_batch, q);
   check_index_tensor(op, "seq_to_prefix", seq_to_prefix, d.batch, q);
   TORCH_CHECK_VALUE(
@@ -66,15 +82,26 @@ AttentionDims check_prefix_args(
   return d;
 }
 
-AttentionDims check_suffix_args(
+SymAttentionDims check_suffix_shapes(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& kv_lens) {
   const char* op = "suffix_attention";
-  AttentionDims d = check_qkv(op, q, k, v);
+  SymAttentionDims d = check_qkv(op, q, k, v);
   TORCH_CHECK_VALUE(
       d.kv_batch == d.batch, op, ": k and v must hold one sequence per query sequence: expected k.shape[0] == ",
       d.batch, ", got ", d.kv_batch);
   check_index_tensor(op, "kv_lens", kv_lens, d.batch, q);
   return d;
+}
+
+AttentionDims check_prefix_args(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& kv_lens,
+    const c10::optional<at::Tensor>& seq_to_prefix) {
+  return concrete(check_prefix_shapes(q, k, v, kv_lens, seq_to_prefix));
+}
+
+AttentionDims check_suffix_args(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& kv_lens) {
+  return concrete(check_suffix_shapes(q, k, v, kv_lens));
 }
 
 void check_merge_args(const at::TensorList& outs, const at::TensorList& lses) {
@@ -85,21 +112,22 @@ void check_merge_args(const at::TensorList& outs, const at::TensorList& lses) {
       lses.size());
   const at::Tensor& first = outs[0];
   TORCH_CHECK_VALUE(first.dim() == 4, op, ": outs[0] must have rank 4 [batch, heads, q_len, head_dim], got shape ",
-                    first.sizes());
+                    first.sym_sizes());
   TORCH_CHECK_VALUE(
       is_supported_float(first.scalar_type()), op, ": outs must be float32, bfloat16 or float16, got ",
       first.scalar_type());
-  TORCH_CHECK_VALUE(first.size(3) > 0, op, ": head_dim of outs must be positive, got shape ", first.sizes());
-  auto lse_shape = first.sizes().slice(0, 3);
+  TORCH_CHECK_VALUE(first.sym_size(3) > 0, op, ": head_dim of outs must be positive, got shape ", first.sym_sizes());
+  auto lse_shape = first.sym_sizes().slice(0, 3);
   for (size_t i = 0; i < outs.size(); ++i) {
     TORCH_CHECK_VALUE(
-        outs[i].sizes() == first.sizes(), op, ": outs[", i, "] has shape ", outs[i].sizes(), ", expected ",
-        first.sizes());
+        outs[i].sym_sizes() == first.sym_sizes(), op, ": outs[", i, "] has shape ", outs[i].sym_sizes(),
+        ", expected ", first.sym_sizes());
     TORCH_CHECK_VALUE(
         outs[i].scalar_type() == first.scalar_type(), op, ": outs[", i, "] has dtype ", outs[i].scalar_type(),
         ", expected ", first.scalar_type(), " like outs[0]");
     TORCH_CHECK_VALUE(
-        lses[i].sizes() == lse_shape, op, ": lses[", i, "] has shape ", lses[i].sizes(), ", expected ", lse_shape);
+        lses[i].sym_sizes() == lse_shape, op, ": lses[", i, "] has shape ", lses[i].sym_sizes(), ", expected ",
+        lse_shape);
     TORCH_CHECK_VALUE(
         lses[i].scalar_type() == at::kFloat, op, ": lses[", i, "] must be float32, got ", lses[i].scalar_type());
     TORCH_CHECK_VALUE(
@@ -108,12 +136,16 @@ void check_merge_args(const at::TensorList& outs, const at::TensorList& lses) {
   }
 }
 
+void check_scale(const char* op, c10::optional<double> scale) {
+  if (!scale.has_value()) return;
+  TORCH_CHECK_VALUE(
+      std::isfinite(*scale) && std::abs(*scale) <= std::numeric_limits<float>::max(), op,
+      ": scale must be finite in float32 (|scale| <= 3.4e38), got ", *scale);
+}
+
 double resolve_scale(const char* op, c10::optional<double> scale, int64_t head_dim) {
-  if (!scale.has_value()) {
-    return 1.0 / std::sqrt(static_cast<double>(head_dim));
-  }
-  TORCH_CHECK_VALUE(std::isfinite(*scale), op, ": scale must be finite, got ", *scale);
-  return *scale;
+  check_scale(op, scale);
+  return scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
 }
 
 at::ScalarType resolve_out_dtype(const char* op, c10::optional<at::ScalarType> requested, at::ScalarType fallback) {
@@ -126,9 +158,10 @@ at::ScalarType resolve_out_dtype(const char* op, c10::optional<at::ScalarType> r
 }
 
 std::tuple<at::Tensor, at::Tensor> allocate_outputs(
-    const char* op, const at::Tensor& q, c10::optional<at::ScalarType> out_dtype) {
-  at::Tensor out = at::empty(q.sizes(), q.options().dtype(resolve_out_dtype(op, out_dtype, q.scalar_type())));
-  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+    const char* op, const at::Tensor& like, c10::optional<at::ScalarType> out_dtype) {
+  at::Tensor out =
+      at::empty_symint(like.sym_sizes(), like.options().dtype(resolve_out_dtype(op, out_dtype, like.scalar_type())));
+  at::Tensor lse = at::empty_symint(like.sym_sizes().slice(0, 3), like.options().dtype(at::kFloat));
   return {out, lse};
 }
 

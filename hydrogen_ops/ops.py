@@ -1,5 +1,7 @@
-"""Typed wrappers over ``torch.ops.hydrogen``, their fake (meta) kernels and the
-Hydragen composition of the three ops."""
+"""Typed wrappers over ``torch.ops.hydrogen`` and the Hydragen composition of the three ops.
+
+The ops' fake (meta) kernels are registered in C++ (csrc/attention_meta.cpp) and apply the
+same shape rules as the device kernels, so torch.compile refuses bad input at trace time."""
 
 from __future__ import annotations
 
@@ -70,8 +72,9 @@ def merge_attention(
     """Exact N-way merge of attention results over disjoint key sets.
 
     ``out = sum_i exp(lse_i) out_i / sum_i exp(lse_i)`` and ``lse = log sum_i exp(lse_i)``,
-    computed stably in float32. Segments with ``lse = -inf`` (or ``+inf``, FlashAttention 2's
-    empty-row marker) contribute nothing; a row with no segment gets out 0 and lse -inf.
+    computed stably in float32. Segments with ``lse = -inf`` are empty and contribute nothing;
+    a row with no segment gets out 0 and lse -inf. A NaN or ``+inf`` lse is not a valid
+    result and makes the row NaN (NaN in, NaN out), as does a NaN in a weighted output.
     """
     if len(outs) == 0:  # the dispatcher cannot pick a device for an empty list
         raise ValueError("merge_attention: outs must hold at least one tensor")
@@ -112,33 +115,6 @@ def hydragen_attention(
         raise ValueError("hydragen_attention: give at least one prefix level or a suffix")
     out, lse = merge_attention([o for o, _ in parts], [s for _, s in parts], out_dtype=q.dtype)
     return (out, lse) if return_lse else out
-
-
-def _fake_outputs(q: Tensor, out_dtype: Optional[torch.dtype], *tensors: Optional[Tensor]):
-    for t in tensors:
-        if t is not None and t.device != q.device:
-            raise ValueError(f"hydrogen: all tensors must be on q's device ({q.device}), got one on {t.device}")
-    if q.dim() != 4:
-        raise ValueError(f"hydrogen: q must have rank 4 [batch, q_heads, q_len, head_dim], got shape {tuple(q.shape)}")
-    out = q.new_empty(q.shape, dtype=out_dtype or q.dtype)
-    return out, q.new_empty(q.shape[:3], dtype=torch.float32)
-
-
-@torch.library.register_fake("hydrogen::prefix_attention")
-def _prefix_attention_fake(q, k, v, kv_lens=None, seq_to_prefix=None, scale=None, out_dtype=None):
-    return _fake_outputs(q, out_dtype, k, v, kv_lens, seq_to_prefix)
-
-
-@torch.library.register_fake("hydrogen::suffix_attention")
-def _suffix_attention_fake(q, k, v, kv_lens=None, causal=True, scale=None, out_dtype=None):
-    return _fake_outputs(q, out_dtype, k, v, kv_lens)
-
-
-@torch.library.register_fake("hydrogen::merge_attention")
-def _merge_attention_fake(outs, lses, out_dtype=None):
-    if not outs or len(outs) != len(lses):
-        raise ValueError(f"merge_attention: outs and lses must be non-empty lists of one length, got {len(outs)} and {len(lses)}")
-    return _fake_outputs(outs[0], out_dtype, *outs[1:], *lses)
 
 
 def _inference_only(ctx, *grads):

@@ -77,8 +77,10 @@ def ref_suffix(q, k, v, kv_lens=None, causal=True, scale=None):
 
 
 def ref_merge(outs, lses):
+    """-inf lse: empty segment. Rows with a NaN or +inf lse are left out (the caller checks
+    they are NaN): here they are computed as if those segments were empty."""
     l = torch.stack([x.double().cpu() for x in lses])
-    l = torch.where(torch.isinf(l), float("-inf"), l)
+    l = torch.where(torch.isnan(l) | torch.isposinf(l), float("-inf"), l)
     o = torch.stack([x.double().cpu() for x in outs])
     m = l.max(dim=0).values
     finite = torch.isfinite(m)
@@ -299,15 +301,23 @@ def test_merge(dtype, n):
     B, H, L, D = 3, 4, 5, 80
     outs = [rand(B, H, L, D, dtype=dtype) for _ in range(n)]
     lses = [torch.randn(B, H, L, device=DEV) * 3 for _ in range(n)]
-    for i, l in enumerate(lses):  # empty segments, including +inf (FlashAttention 2) and garbage outs
+    for i, l in enumerate(lses):  # empty segments, with garbage outs that must not be read
         l[0, 0, i % L] = float("-inf")
-        l[1, 1, i % L] = float("inf")
         outs[i][0, 0, i % L] = float("nan")
     for l in lses:  # a row where every segment is empty
         l[2, 3, 4] = float("-inf")
+    lses[n - 1][1, 1, 2] = float("inf")  # not an empty marker: NaN in, NaN out
+    lses[0][1, 2, 3] = float("nan")
     out, lse = hydrogen_ops.merge_attention(outs, lses)
     assert out.dtype == dtype
-    assert_close(out, lse, *ref_merge(outs, lses), dtype, f"merge n={n}")
+    poisoned = torch.zeros(B, H, L, dtype=torch.bool, device=DEV)
+    poisoned[1, 1, 2] = poisoned[1, 2, 3] = True
+    assert torch.isnan(out[poisoned]).all() and torch.isnan(lse[poisoned]).all()
+    ref_out, ref_lse = ref_merge(outs, lses)
+    out, lse = out.masked_fill(poisoned[..., None], 0), lse.masked_fill(poisoned, 0)
+    ref_out = ref_out.masked_fill(poisoned[..., None].cpu(), 0)
+    ref_lse = ref_lse.masked_fill(poisoned.cpu(), 0)
+    assert_close(out, lse, ref_out, ref_lse, dtype, f"merge n={n}")
     assert (out[2, 3, 4] == 0).all() and torch.isneginf(lse[2, 3, 4])
 
 

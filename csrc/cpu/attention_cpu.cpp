@@ -337,13 +337,22 @@ void merge_rows(
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
     std::vector<float> acc(D), weight(n);
     for (int64_t r = begin; r < end; ++r) {
-      // +inf marks an empty row in FlashAttention 2's convention: treat it as empty too.
+      // -inf marks an empty segment; a NaN or +inf lse is not a valid result and makes
+      // the row NaN (NaN in, NaN out).
       float m = neg_inf;
+      bool poisoned = false;
       for (int64_t i = 0; i < n; ++i) {
         const float x = lse_ptrs[i][r];
-        if (x != -neg_inf && (x > m || std::isnan(x))) m = x;
+        poisoned = poisoned || std::isnan(x) || x == -neg_inf;
+        m = std::max(m, x);
       }
       std::fill(acc.begin(), acc.end(), 0.0f);
+      if (poisoned) {
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        store_out_row(out, r * D, acc.data(), nan, D);
+        lse_out[r] = nan;
+        continue;
+      }
       if (m == neg_inf) {
         store_out_row(out, r * D, acc.data(), 0.0f, D);
         lse_out[r] = neg_inf;
@@ -352,7 +361,7 @@ void merge_rows(
       float total = 0.0f;
       for (int64_t i = 0; i < n; ++i) {
         const float x = lse_ptrs[i][r];
-        weight[i] = (x == -neg_inf || x == neg_inf) ? 0.0f : std::exp(x - m);
+        weight[i] = x == neg_inf ? 0.0f : std::exp(x - m);
         total += weight[i];
       }
       for (int64_t i = 0; i < n; ++i) {
@@ -376,8 +385,7 @@ std::tuple<at::Tensor, at::Tensor> merge_attention_cpu(
     lses.push_back(lses_in[i].contiguous());
   }
   const at::Tensor& first = outs[0];
-  at::Tensor out = at::empty(first.sizes(), first.options().dtype(resolve_out_dtype(op, out_dtype, first.scalar_type())));
-  at::Tensor lse = at::empty(lses[0].sizes(), lses[0].options());
+  auto [out, lse] = allocate_outputs(op, first, out_dtype);
   const int64_t D = first.size(3), rows = first.numel() / D;
   dispatch_float(first.scalar_type(), [&](auto tag) { merge_rows<decltype(tag)>(outs, lses, out, lse, rows, D); });
   return {out, lse};

@@ -276,7 +276,9 @@ template <class V, class VI>
 HYDROGEN_INLINE float softmax_row_impl(float* s, int64_t n_valid, int64_t n, float* m_io, float* l_io) {
   constexpr int W = lanes<V>();
   float m_new = *m_io;
-  for (int64_t j = 0; j < n_valid; ++j) m_new = s[j] > m_new ? s[j] : m_new;
+  // A NaN score makes the max NaN, and it stays NaN: the row's sum and output become NaN
+  // (NaN in, NaN out) instead of the row passing for one that saw no key.
+  for (int64_t j = 0; j < n_valid; ++j) m_new = (s[j] > m_new || s[j] != s[j]) ? s[j] : m_new;
   if (m_new == kNegInf) {
     std::memset(s, 0, sizeof(float) * n);
     return 1.0f;

@@ -335,11 +335,9 @@ std::tuple<at::Tensor, at::Tensor> merge_attention_cuda(
   const char* op = "merge_attention";
   check_merge_args(outs, lses);
   const at::Tensor& first = outs[0];
-  const at::ScalarType odt = resolve_out_dtype(op, out_dtype, first.scalar_type());
   c10::cuda::CUDAGuard guard(first.device());
-  const int64_t B = first.size(0), H = first.size(1), L = first.size(2), D = first.size(3);
-  at::Tensor out = at::empty({B, H, L, D}, first.options().dtype(odt));
-  at::Tensor lse = at::empty({B, H, L}, first.options().dtype(at::kFloat));
+  const int64_t D = first.size(3);
+  auto [out, lse] = allocate_outputs(op, first, out_dtype);
   if (lse.numel() == 0) return {out, lse};
 
   // Partial outputs: last dim contiguous (else copied); lses: any strides.

@@ -288,7 +288,7 @@ __global__ void __launch_bounds__(128) attention_decode_kernel(const AttnParams 
       if (o < owners) {
         const int r = o / NCH, ch = o - (o / NCH) * NCH;
         const float l = s_l[r];
-        const float inv = l > 0.f ? 1.f / l : 0.f;
+        const float inv = row_reciprocal(l);
         float f[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) f[e] = acc[k][e] * inv;

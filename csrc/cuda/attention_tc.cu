@@ -354,7 +354,7 @@ __global__ void __launch_bounds__(128) attention_tc_kernel(const AttnParams p) {
   for (int h = 0; h < 2; ++h) {
     const int64_t orow = s_orow[warp * 16 + g_row + h * 8];
     if (orow < 0) continue;
-    const float inv = l_r[h] > 0.f ? 1.f / l_r[h] : 0.f;
+    const float inv = row_reciprocal(l_r[h]);
     const int64_t obase = split * p.out_split_stride + orow * D + (lane & 3) * 2;
 #pragma unroll
     for (int dt = 0; dt < C::NT_O; ++dt) {

@@ -140,8 +140,12 @@ __device__ __forceinline__ float warp_sum(float x) {
 // Natural-log LSE from a running max m (log2 domain, scores pre-multiplied by log2 e) and
 // sum l of 2^(s - m); -inf when the row saw no key.
 __device__ __forceinline__ float finish_lse(float m, float l) {
-  return l > 0.f ? (m + log2f(l)) * kLn2 : -INFINITY;
+  return l == 0.f ? -INFINITY : (m + log2f(l)) * kLn2;  // a NaN sum stays NaN: NaN in, NaN out
 }
+
+// 1/l for the normalisation of an output row: 0 for a row that saw no key (l == 0), NaN
+// for a row whose scores held a NaN (l is NaN), so that the NaN reaches the output.
+__device__ __forceinline__ float row_reciprocal(float l) { return l == 0.f ? 0.f : 1.f / l; }
 
 // Sets the dynamic shared memory limit of a kernel once per device.
 template <typename Kernel>

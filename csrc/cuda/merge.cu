@@ -2,8 +2,9 @@
 // elements of one row (b, h, l): it reads the N lses of the row (strided, any layout),
 // then the N output slices (vectorised: 16 bytes per load for 16-bit types), and writes
 //   out = sum_i w_i out_i / sum_i w_i,  w_i = exp(lse_i - max_j lse_j),  lse = max + log(sum w)
-// Segments with lse = +-inf are empty and are not read; a row with no segment gets out 0
-// and lse -inf. Accumulation in fp32.
+// A segment with lse = -inf is empty and is not read; a row with no segment gets out 0 and
+// lse -inf. A NaN or +inf lse is not a valid result: the row becomes NaN (NaN in, NaN out).
+// Accumulation in fp32.
 #include "common.cuh"
 
 namespace hydrogen {
@@ -27,22 +28,24 @@ __global__ void __launch_bounds__(256) merge_kernel(const MergeParams p) {
 
     float lse_v[kMaxMergeInputs];
     float m = -INFINITY;
+    bool poisoned = false;  // a NaN or +inf lse
 #pragma unroll
     for (int i = 0; i < kMaxMergeInputs; ++i) {
       if (i < p.n) {
         const float x = p.lse[i][b * p.l_sb[i] + h * p.l_sh[i] + l * p.l_sl[i]];
         lse_v[i] = x;
-        if (!isinf(x)) m = fmaxf(m, x);
+        poisoned = poisoned || isnan(x) || x == INFINITY;
+        m = fmaxf(m, x);
       }
     }
     float acc[VEC];
 #pragma unroll
     for (int e = 0; e < VEC; ++e) acc[e] = 0.f;
     float sum = 0.f;
-    if (m != -INFINITY) {
+    if (!poisoned && m != -INFINITY) {
 #pragma unroll
       for (int i = 0; i < kMaxMergeInputs; ++i) {
-        if (i < p.n && !isinf(lse_v[i])) {
+        if (i < p.n && lse_v[i] != -INFINITY) {
           const float w = expf(lse_v[i] - m);
           sum += w;
           if (has_data && w > 0.f) {  // like the CPU: a segment whose weight underflows is not read
@@ -59,7 +62,7 @@ __global__ void __launch_bounds__(256) merge_kernel(const MergeParams p) {
         }
       }
     }
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    const float inv = poisoned ? NAN : (sum > 0.f ? 1.f / sum : 0.f);
     if (has_data) {
       const int64_t o = row * D + c * VEC;
       if constexpr (VEC == 8) {
@@ -71,7 +74,7 @@ __global__ void __launch_bounds__(256) merge_kernel(const MergeParams p) {
         store1(p.dst, p.dst_type, o, acc[0] * inv);
       }
     }
-    if (c == 0) p.dst_lse[row] = sum > 0.f ? m + logf(sum) : -INFINITY;
+    if (c == 0) p.dst_lse[row] = poisoned ? NAN : (sum > 0.f ? m + logf(sum) : -INFINITY);
   }
 }
 
