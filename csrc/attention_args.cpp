@@ -13,10 +13,11 @@ bool is_supported_float(at::ScalarType dtype) {
   return dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
 }
 
-SymAttentionDims check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+SymAttentionDims check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool paged) {
+  const char* kv_layout = paged ? "[num_blocks, block_size, kv_heads, head_dim]" : "[n, kv_heads, kv_len, head_dim]";
   TORCH_CHECK_VALUE(q.dim() == 4, op, ": q must have rank 4 [batch, q_heads, q_len, head_dim], got shape ", q.sym_sizes());
-  TORCH_CHECK_VALUE(k.dim() == 4, op, ": k must have rank 4 [n, kv_heads, kv_len, head_dim], got shape ", k.sym_sizes());
-  TORCH_CHECK_VALUE(v.dim() == 4, op, ": v must have rank 4 [n, kv_heads, kv_len, head_dim], got shape ", v.sym_sizes());
+  TORCH_CHECK_VALUE(k.dim() == 4, op, ": k must have rank 4 ", kv_layout, ", got shape ", k.sym_sizes());
+  TORCH_CHECK_VALUE(v.dim() == 4, op, ": v must have rank 4 ", kv_layout, ", got shape ", v.sym_sizes());
   TORCH_CHECK_VALUE(
       is_supported_float(q.scalar_type()), op, ": q must be float32, bfloat16 or float16, got ", q.scalar_type());
   TORCH_CHECK_VALUE(
@@ -29,7 +30,7 @@ SymAttentionDims check_qkv(const char* op, const at::Tensor& q, const at::Tensor
       k.sym_sizes() == v.sym_sizes(), op, ": k and v must have the same shape, got k ", k.sym_sizes(), " and v ",
       v.sym_sizes());
   SymAttentionDims d{q.sym_size(0), q.sym_size(1), q.sym_size(2), q.sym_size(3),
-                     k.sym_size(0), k.sym_size(1), k.sym_size(2)};
+                     k.sym_size(0), k.sym_size(paged ? 2 : 1), k.sym_size(paged ? 1 : 2)};
   TORCH_CHECK_VALUE(d.head_dim > 0, op, ": head_dim must be positive, got q shape ", q.sym_sizes());
   TORCH_CHECK_VALUE(
       d.head_dim <= kMaxHeadDim, op, ": head_dim must be at most ", kMaxHeadDim, ", got q shape ", q.sym_sizes());
@@ -91,6 +92,44 @@ SymAttentionDims check_suffix_shapes(
       d.batch, ", got ", d.kv_batch);
   check_index_tensor(op, "kv_lens", kv_lens, d.batch, q);
   return d;
+}
+
+SymAttentionDims check_paged_shapes(
+    const char* op, const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+    const at::Tensor& block_table, const at::Tensor& kv_lens, const c10::optional<at::Tensor>& seq_to_prefix,
+    bool per_sequence) {
+  SymAttentionDims d = check_qkv(op, q, k_pages, v_pages, /*paged=*/true);
+  TORCH_CHECK_VALUE(d.kv_len > 0, op, ": block_size (k_pages.shape[1]) must be positive, got ", k_pages.sym_sizes());
+  TORCH_CHECK_VALUE(
+      block_table.scalar_type() == at::kInt || block_table.scalar_type() == at::kLong, op,
+      ": block_table must be an int32 or int64 tensor, got ", block_table.scalar_type());
+  TORCH_CHECK_VALUE(
+      block_table.dim() == 2, op, ": block_table must have rank 2 [n, max_blocks], got shape ", block_table.sym_sizes());
+  TORCH_CHECK_VALUE(
+      block_table.device() == q.device(), op, ": block_table must be on q's device (", q.device(), "), got ",
+      block_table.device());
+  const c10::SymInt n = block_table.sym_size(0);
+  d.kv_len = block_table.sym_size(1) * d.kv_len;  // max_blocks * block_size
+  d.kv_batch = n;
+  if (per_sequence) {
+    TORCH_CHECK_VALUE(
+        n == d.batch, op, ": block_table must hold one row per query sequence: expected block_table.shape[0] == ",
+        d.batch, ", got ", n);
+  } else {
+    check_index_tensor(op, "seq_to_prefix", seq_to_prefix, d.batch, q);
+    TORCH_CHECK_VALUE(
+        seq_to_prefix.has_value() || n == 1, op,
+        ": seq_to_prefix is required when block_table holds more than one prefix (got ", n, ")");
+  }
+  check_index_tensor(op, "kv_lens", kv_lens, n, q);
+  return d;
+}
+
+AttentionDims check_paged_args(
+    const char* op, const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+    const at::Tensor& block_table, const at::Tensor& kv_lens, const c10::optional<at::Tensor>& seq_to_prefix,
+    bool per_sequence) {
+  return concrete(check_paged_shapes(op, q, k_pages, v_pages, block_table, kv_lens, seq_to_prefix, per_sequence));
 }
 
 void check_hydragen_shapes(

@@ -34,8 +34,12 @@ struct Dims {
 using AttentionDims = Dims<int64_t>;   // what the kernels use
 using SymAttentionDims = Dims<c10::SymInt>;  // what the rules see (symbolic under torch.compile)
 
-// Checks q [B, Hq, Lq, D], k and v [N, Hkv, L, D]: ranks, shapes, dtypes, devices.
-SymAttentionDims check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+// Checks q [B, Hq, Lq, D] and k, v: ranks, shapes, dtypes, devices. k and v are
+// [N, Hkv, L, D], or, when `paged`, pages [num_blocks, block_size, Hkv, D] (then the
+// returned kv_batch and kv_len are those of the pages; the caller sets them from the
+// block table).
+SymAttentionDims check_qkv(
+    const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool paged = false);
 
 // Validates prefix_attention's arguments (including P == 1 when seq_to_prefix is None).
 // `op` names the call in error messages.
@@ -47,6 +51,19 @@ SymAttentionDims check_prefix_shapes(
 SymAttentionDims check_suffix_shapes(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& kv_lens,
     const char* op = "suffix_attention");
+
+// Validates paged_prefix_attention's (per_sequence false) or paged_suffix_attention's
+// (per_sequence true) arguments: pages [num_blocks, block_size, Hkv, D], an integer
+// block_table [N, max_blocks] and kv_lens [N] (N = P prefixes, or B sequences), and for
+// prefixes seq_to_prefix as in prefix_attention. kv_len is max_blocks * block_size.
+SymAttentionDims check_paged_shapes(
+    const char* op, const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+    const at::Tensor& block_table, const at::Tensor& kv_lens, const c10::optional<at::Tensor>& seq_to_prefix,
+    bool per_sequence);
+AttentionDims check_paged_args(
+    const char* op, const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages,
+    const at::Tensor& block_table, const at::Tensor& kv_lens, const c10::optional<at::Tensor>& seq_to_prefix,
+    bool per_sequence);
 
 // Validates hydragen_attention's arguments: parallel per-level lists, each level as in
 // prefix_attention, the optional suffix as in suffix_attention, at least one of them.

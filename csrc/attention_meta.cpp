@@ -34,6 +34,25 @@ std::tuple<at::Tensor, at::Tensor> merge_attention_meta(
   return allocate_outputs("merge_attention", outs[0], out_dtype);
 }
 
+std::tuple<at::Tensor, at::Tensor> paged_prefix_attention_meta(
+    const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages, const at::Tensor& block_table,
+    const at::Tensor& kv_lens, const c10::optional<at::Tensor>& seq_to_prefix, c10::optional<double> scale,
+    c10::optional<at::ScalarType> out_dtype) {
+  const char* op = "paged_prefix_attention";
+  check_paged_shapes(op, q, k_pages, v_pages, block_table, kv_lens, seq_to_prefix, /*per_sequence=*/false);
+  check_scale(op, scale);
+  return allocate_outputs(op, q, out_dtype);
+}
+
+std::tuple<at::Tensor, at::Tensor> paged_suffix_attention_meta(
+    const at::Tensor& q, const at::Tensor& k_pages, const at::Tensor& v_pages, const at::Tensor& block_table,
+    const at::Tensor& kv_lens, bool /*causal*/, c10::optional<double> scale, c10::optional<at::ScalarType> out_dtype) {
+  const char* op = "paged_suffix_attention";
+  check_paged_shapes(op, q, k_pages, v_pages, block_table, kv_lens, c10::nullopt, /*per_sequence=*/true);
+  check_scale(op, scale);
+  return allocate_outputs(op, q, out_dtype);
+}
+
 std::tuple<at::Tensor, at::Tensor> hydragen_attention_meta(
     const at::Tensor& q, at::TensorList prefix_k, at::TensorList prefix_v,
     const c10::List<c10::optional<at::Tensor>>& prefix_kv_lens,
@@ -50,6 +69,8 @@ std::tuple<at::Tensor, at::Tensor> hydragen_attention_meta(
 
 TORCH_LIBRARY_IMPL(hydrogen, Meta, m) {
   m.impl("hydragen_attention", &hydragen_attention_meta);
+  m.impl("paged_prefix_attention", &paged_prefix_attention_meta);
+  m.impl("paged_suffix_attention", &paged_suffix_attention_meta);
   m.impl("prefix_attention", &prefix_attention_meta);
   m.impl("suffix_attention", &suffix_attention_meta);
   m.impl("merge_attention", &merge_attention_meta);

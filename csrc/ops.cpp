@@ -20,6 +20,14 @@ TORCH_LIBRARY(hydrogen, m) {
       "suffix_attention(Tensor q, Tensor k, Tensor v, Tensor? kv_lens=None, bool causal=True, "
       "float? scale=None, ScalarType? out_dtype=None) -> (Tensor out, Tensor lse)");
   m.def("merge_attention(Tensor[] outs, Tensor[] lses, ScalarType? out_dtype=None) -> (Tensor out, Tensor lse)");
+  // The same over paged K/V: pages [num_blocks, block_size, Hkv, D] and a block table
+  // [n, max_blocks] listing the pages of each prefix (or sequence), read in place.
+  m.def(
+      "paged_prefix_attention(Tensor q, Tensor k_pages, Tensor v_pages, Tensor block_table, Tensor kv_lens, "
+      "Tensor? seq_to_prefix=None, float? scale=None, ScalarType? out_dtype=None) -> (Tensor out, Tensor lse)");
+  m.def(
+      "paged_suffix_attention(Tensor q, Tensor k_pages, Tensor v_pages, Tensor block_table, Tensor kv_lens, "
+      "bool causal=True, float? scale=None, ScalarType? out_dtype=None) -> (Tensor out, Tensor lse)");
   // The whole decode attention in one call: every shared level and the suffix, merged.
   m.def(
       "hydragen_attention(Tensor q, Tensor[] prefix_k, Tensor[] prefix_v, Tensor?[] prefix_kv_lens, "

@@ -6,7 +6,21 @@ float32, natural-log log-sum-exp of the scaled scores, shape ``[batch, q_heads, 
 A query row that sees no key gets ``out = 0`` and ``lse = -inf``.
 """
 
-from hydrogen_ops.ops import hydragen_attention, merge_attention, prefix_attention, suffix_attention
+from hydrogen_ops.ops import (
+    hydragen_attention,
+    merge_attention,
+    paged_prefix_attention,
+    paged_suffix_attention,
+    prefix_attention,
+    suffix_attention,
+)
 
-__all__ = ["prefix_attention", "suffix_attention", "merge_attention", "hydragen_attention"]
+__all__ = [
+    "prefix_attention",
+    "suffix_attention",
+    "merge_attention",
+    "hydragen_attention",
+    "paged_prefix_attention",
+    "paged_suffix_attention",
+]
 __version__ = "0.1.0"

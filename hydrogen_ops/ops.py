@@ -66,6 +66,47 @@ def suffix_attention(
     return torch.ops.hydrogen.suffix_attention(q, k, v, kv_lens, causal, scale, out_dtype)
 
 
+def paged_prefix_attention(
+    q: Tensor,
+    k_pages: Tensor,
+    v_pages: Tensor,
+    block_table: Tensor,
+    kv_lens: Tensor,
+    seq_to_prefix: Optional[Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    out_dtype: Optional[torch.dtype] = None,
+) -> Tuple[Tensor, Tensor]:
+    """:func:`prefix_attention` over paged K/V, read in place (no gathered copy).
+
+    Args:
+        k_pages, v_pages: ``[num_blocks, block_size, Hkv, D]`` pages (the layout of
+            transformers' ``PagedAttentionCache``, viewed by block).
+        block_table: int ``[P, max_blocks]``: the pages of each prefix, in key order. Only
+            the first ``ceil(kv_lens[p] / block_size)`` entries of a row are read.
+        kv_lens: int ``[P]``, keys of each prefix.
+        seq_to_prefix: as in :func:`prefix_attention`.
+    CPU only for now.
+    """
+    return torch.ops.hydrogen.paged_prefix_attention(q, k_pages, v_pages, block_table, kv_lens, seq_to_prefix, scale, out_dtype)
+
+
+def paged_suffix_attention(
+    q: Tensor,
+    k_pages: Tensor,
+    v_pages: Tensor,
+    block_table: Tensor,
+    kv_lens: Tensor,
+    *,
+    causal: bool = True,
+    scale: Optional[float] = None,
+    out_dtype: Optional[torch.dtype] = None,
+) -> Tuple[Tensor, Tensor]:
+    """:func:`suffix_attention` over paged K/V: ``block_table [B, max_blocks]`` lists each
+    sequence's pages, ``kv_lens [B]`` its keys. CPU only for now."""
+    return torch.ops.hydrogen.paged_suffix_attention(q, k_pages, v_pages, block_table, kv_lens, causal, scale, out_dtype)
+
+
 def merge_attention(
     outs: Sequence[Tensor], lses: Sequence[Tensor], *, out_dtype: Optional[torch.dtype] = None
 ) -> Tuple[Tensor, Tensor]:
@@ -139,5 +180,12 @@ def _no_context(ctx, inputs, output):
     return None
 
 
-for _name in ("prefix_attention", "suffix_attention", "merge_attention", "hydragen_attention"):
+for _name in (
+    "prefix_attention",
+    "suffix_attention",
+    "merge_attention",
+    "hydragen_attention",
+    "paged_prefix_attention",
+    "paged_suffix_attention",
+):
     torch.library.register_autograd(f"hydrogen::{_name}", _inference_only, setup_context=_no_context)

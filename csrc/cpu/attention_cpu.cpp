@@ -41,8 +41,10 @@ constexpr int64_t kMaxItemRows = 512;  // stacked rows per work item
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// One K/V sequence attended by a work item: keys [0, len) of k[index], v[index]
-// ([N, Hkv, L, D], last dim contiguous), with group = Hq / Hkv query heads per kv head.
+// One K/V sequence attended by a work item, with group = Hq / Hkv query heads per kv
+// head: keys [0, len) of k[index], v[index] ([N, Hkv, L, D], last dim contiguous), or,
+// when `blocks` is set, of pages [num_blocks, block_size, Hkv, D]: key j lies in page
+// blocks[j / block_size], row j % block_size.
 struct KvSegment {
   const at::Tensor* k;
   const at::Tensor* v;
@@ -50,6 +52,42 @@ struct KvSegment {
   int64_t len;
   int64_t group;
   bool causal;  // bottom-right aligned: query i sees keys j <= len - Lq + i
+  const int64_t* blocks = nullptr;
+  int64_t block_size = 0;
+};
+
+// Where the keys (or values) of one kv head of a segment lie: row(j) points at key j.
+template <typename T>
+struct KvRows {
+  const T* base;
+  int64_t head_offset, row_stride, page_stride;
+  const int64_t* blocks;
+  int64_t block_size;
+
+  KvRows(const KvSegment& seg, const at::Tensor& t, int64_t kv_head) : blocks(seg.blocks), block_size(seg.block_size) {
+    const at::IntArrayRef st = t.strides();
+    base = t.data_ptr<T>();
+    if (blocks == nullptr) {
+      base += seg.index * st[0];
+      head_offset = kv_head * st[1];
+      row_stride = st[2];
+      page_stride = 0;
+    } else {
+      head_offset = kv_head * st[2];
+      row_stride = st[1];
+      page_stride = st[0];
+    }
+  }
+  const T* row(int64_t j) const {
+    if (blocks == nullptr) return base + head_offset + j * row_stride;
+    return base + blocks[j / block_size] * page_stride + head_offset + (j % block_size) * row_stride;
+  }
+  // Rows [j, j + n) lie at one stride from row(j) (no page boundary between them).
+  bool one_run(int64_t j, int64_t n) const { return blocks == nullptr || j / block_size == (j + n - 1) / block_size; }
+  // How many of the rows from j on can be prefetched at one stride.
+  int64_t run_from(int64_t j, int64_t n) const {
+    return blocks == nullptr ? n : std::min(n, block_size - j % block_size);
+  }
 };
 
 // Rows of one work item: stacked rows [row_begin, row_end) of the list
@@ -127,19 +165,22 @@ struct Workspace {
   }
 };
 
-// A K or V tile as fp32 rows: fp32 tiles are read in place (`in_place_ok`), other dtypes
-// are converted once into `buf` with leading dimension ld (columns D..ld zero-filled).
+// Rows [j0, j0 + n) of K or V as fp32 rows: fp32 rows at one stride are read in place
+// (when `in_place_ok`); other dtypes, and rows spread over pages, are copied once into
+// `buf` (a tile of scratch, not a copy of the sequence) with leading dimension ld
+// (columns D..ld zero-filled).
 template <typename T>
 const float* tile_as_float(
-    const T* src, int64_t stride, int64_t n, int64_t D, int64_t ld, bool in_place_ok, float* buf, int64_t* ld_out) {
+    const KvRows<T>& rows, int64_t j0, int64_t n, int64_t D, int64_t ld, bool in_place_ok, float* buf,
+    int64_t* ld_out) {
   if constexpr (std::is_same_v<T, float>) {
-    if (in_place_ok) {
-      *ld_out = stride;
-      return src;
+    if (in_place_ok && rows.one_run(j0, n)) {
+      *ld_out = rows.row_stride;
+      return rows.row(j0);
     }
   }
   for (int64_t j = 0; j < n; ++j) {
-    const T* row = src + j * stride;
+    const T* row = rows.row(j0 + j);
     float* out = buf + j * ld;
     if constexpr (std::is_same_v<T, at::Half>) {
       cpu::tile_kernels().half_to_float(reinterpret_cast<const uint16_t*>(row), D, out);
@@ -165,23 +206,23 @@ void attend_segment(
     max_limit = std::max(max_limit, ws.limit[r]);
   }
   const int64_t kv_head = item.head_block * item.block / seg.group;
-  const at::IntArrayRef ks = seg.k->strides(), vs = seg.v->strides();
-  const T* k = seg.k->data_ptr<T>() + seg.index * ks[0] + kv_head * ks[1];
-  const T* v = seg.v->data_ptr<T>() + seg.index * vs[0] + kv_head * vs[1];
+  const KvRows<T> k(seg, *seg.k, kv_head), v(seg, *seg.v, kv_head);
   for (int64_t j0 = 0; j0 < max_limit; j0 += kKeyTile) {
     const int64_t nk = std::min(kKeyTile, max_limit - j0);
     // The tile is converted to fp32 once (fp32 is read in place); every row of the item reads it.
-    const T* k_tile = k + j0 * ks[2];
-    const T* v_tile = v + j0 * vs[2];
     int64_t ldk = 0, ldv = 0;
-    const float* kt = tile_as_float(k_tile, ks[2], nk, D, D, true, ws.k.data(), &ldk);
-    const float* vt = tile_as_float(v_tile, vs[2], nk, D, Dp, Dp == D, ws.v.data(), &ldv);
-    // While this tile is computed, the next one's rows are fetched into cache.
-    const int64_t next_rows = std::min(kKeyTile, std::max<int64_t>(max_limit - j0 - nk, 0));
+    const float* kt = tile_as_float(k, j0, nk, D, D, true, ws.k.data(), &ldk);
+    const float* vt = tile_as_float(v, j0, nk, D, Dp, Dp == D, ws.v.data(), &ldv);
+    // While this tile is computed, the next one's rows (up to a page boundary) are fetched into cache.
+    const int64_t next_rows = k.run_from(j0 + nk, std::min(kKeyTile, std::max<int64_t>(max_limit - j0 - nk, 0)));
+    const int64_t row_bytes = D * int64_t(sizeof(T));
+    const bool more = next_rows > 0;  // past the last key there is no page to look up
     const cpu::PrefetchRange next_k{
-        reinterpret_cast<const char*>(k_tile + nk * ks[2]), ks[2] * int64_t(sizeof(T)), next_rows, D * int64_t(sizeof(T))};
+        more ? reinterpret_cast<const char*>(k.row(j0 + nk)) : nullptr, k.row_stride * int64_t(sizeof(T)),
+        next_rows, row_bytes};
     const cpu::PrefetchRange next_v{
-        reinterpret_cast<const char*>(v_tile + nk * vs[2]), vs[2] * int64_t(sizeof(T)), next_rows, D * int64_t(sizeof(T))};
+        more ? reinterpret_cast<const char*>(v.row(j0 + nk)) : nullptr, v.row_stride * int64_t(sizeof(T)),
+        next_rows, row_bytes};
     if (stacked) {
       for (int64_t r = 0; r < rows_p; ++r) {
         ws.tile_limit[r] = static_cast<float>(std::clamp<int64_t>(ws.limit[r] - j0, 0, nk));  // exact: <= kKeyTile
@@ -296,13 +337,44 @@ std::vector<int64_t> read_lengths(
 at::Tensor last_dim_contiguous(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
 // One prefix level as the CPU kernels read it: K/V with the last dim contiguous, and the
-// host copies of its lengths and of each sequence's prefix index.
+// host copies of its lengths and of each sequence's prefix index; for paged K/V also the
+// host copy of the block table.
 struct PrefixLevel {
   at::Tensor k, v;
   AttentionDims dims;
   std::vector<int64_t> lens;           // [P]
   std::vector<int64_t> seq_to_prefix;  // [B]
+  std::vector<int64_t> blocks;         // paged: [P, max_blocks]; empty: dense
+  int64_t max_blocks = 0, block_size = 0;
+
+  KvSegment segment(int64_t p, bool causal) const {
+    KvSegment seg{&k, &v, p, lens[p], dims.group(), causal};
+    if (!blocks.empty()) {
+      seg.blocks = blocks.data() + p * max_blocks;
+      seg.block_size = block_size;
+    }
+    return seg;
+  }
 };
+
+// Reads a block table into host int64 values, checking every entry that a length uses
+// against [0, num_blocks) (unused entries may hold anything, as in a serving engine).
+std::vector<int64_t> read_block_table(
+    const char* op, const at::Tensor& table, const std::vector<int64_t>& lens, int64_t num_blocks,
+    int64_t block_size) {
+  at::Tensor t = table.to(at::kLong).contiguous();
+  const int64_t n = t.size(0), max_blocks = t.size(1);
+  const int64_t* p = t.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j * block_size < lens[i]; ++j) {
+      const int64_t blk = p[i * max_blocks + j];
+      TORCH_CHECK_VALUE(
+          blk >= 0 && blk < num_blocks, op, ": block_table[", i, ", ", j, "] = ", blk, " is outside [0, ", num_blocks,
+          ") (the number of pages)");
+    }
+  }
+  return std::vector<int64_t>(p, p + n * max_blocks);
+}
 
 PrefixLevel read_prefix_level(
     const char* op, const AttentionDims& d, const at::Tensor& k, const at::Tensor& v,
@@ -329,7 +401,7 @@ void run_prefix_level(const Problem& pb, const PrefixLevel& lvl) {
   std::vector<std::vector<int64_t>> seqs(d.kv_batch);
   for (int64_t b = 0; b < d.batch; ++b) seqs[lvl.seq_to_prefix[b]].push_back(b);
   std::vector<KvSegment> segs;
-  for (int64_t p = 0; p < d.kv_batch; ++p) segs.push_back({&lvl.k, &lvl.v, p, lvl.lens[p], d.group(), false});
+  for (int64_t p = 0; p < d.kv_batch; ++p) segs.push_back(lvl.segment(p, false));
   std::vector<WorkItem> items;
   int64_t n_groups = 0;
   for (int64_t p = 0; p < d.kv_batch; ++p) n_groups += seqs[p].empty() ? 0 : d.kv_heads;
@@ -364,6 +436,45 @@ std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
   const at::Tensor q = last_dim_contiguous(q_in);
   const PrefixLevel lvl = read_prefix_level(op, d, k_in, v_in, kv_lens, seq_to_prefix);
   run_prefix_level(Problem{d.q_heads, d.q_len, d.head_dim, sc, &q, &out, &lse}, lvl);
+  return {out, lse};
+}
+
+// Paged prefix attention: a prefix level whose K/V lie in pages listed by a block table.
+std::tuple<at::Tensor, at::Tensor> paged_prefix_attention_cpu(
+    const at::Tensor& q_in, const at::Tensor& k_pages, const at::Tensor& v_pages, const at::Tensor& block_table,
+    const at::Tensor& kv_lens, const c10::optional<at::Tensor>& seq_to_prefix, c10::optional<double> scale,
+    c10::optional<at::ScalarType> out_dtype) {
+  const char* op = "paged_prefix_attention";
+  const AttentionDims d =
+      check_paged_args(op, q_in, k_pages, v_pages, block_table, kv_lens, seq_to_prefix, /*per_sequence=*/false);
+  const float sc = static_cast<float>(resolve_scale(op, scale, d.head_dim));
+  auto [out, lse] = allocate_outputs(op, q_in, out_dtype);
+  const at::Tensor q = last_dim_contiguous(q_in);
+  PrefixLevel lvl = read_prefix_level(op, d, k_pages, v_pages, kv_lens, seq_to_prefix);
+  lvl.block_size = k_pages.size(1);
+  lvl.max_blocks = block_table.size(1);
+  lvl.blocks = read_block_table(op, block_table, lvl.lens, k_pages.size(0), lvl.block_size);
+  run_prefix_level(Problem{d.q_heads, d.q_len, d.head_dim, sc, &q, &out, &lse}, lvl);
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> paged_suffix_attention_cpu(
+    const at::Tensor& q_in, const at::Tensor& k_pages, const at::Tensor& v_pages, const at::Tensor& block_table,
+    const at::Tensor& kv_lens, bool causal, c10::optional<double> scale, c10::optional<at::ScalarType> out_dtype) {
+  const char* op = "paged_suffix_attention";
+  const AttentionDims d =
+      check_paged_args(op, q_in, k_pages, v_pages, block_table, kv_lens, c10::nullopt, /*per_sequence=*/true);
+  const float sc = static_cast<float>(resolve_scale(op, scale, d.head_dim));
+  auto [out, lse] = allocate_outputs(op, q_in, out_dtype);
+  const at::Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_pages), v = last_dim_contiguous(v_pages);
+  const std::vector<int64_t> lens = read_lengths(op, kv_lens, d.batch, d.kv_len, "max_blocks * block_size");
+  const int64_t block_size = k.size(1), max_blocks = block_table.size(1);
+  const std::vector<int64_t> blocks = read_block_table(op, block_table, lens, k.size(0), block_size);
+  std::vector<KvSegment> segs;
+  for (int64_t b = 0; b < d.batch; ++b) {
+    segs.push_back({&k, &v, b, lens[b], d.group(), causal, blocks.data() + b * max_blocks, block_size});
+  }
+  run_per_sequence(Problem{d.q_heads, d.q_len, d.head_dim, sc, &q, &out, &lse}, d.batch, segs, 1);
   return {out, lse};
 }
 
@@ -520,10 +631,7 @@ std::tuple<at::Tensor, at::Tensor> hydragen_attention_cpu(
   const int64_t per_seq = static_cast<int64_t>(folded.size()) + (suffix_k.has_value() ? 1 : 0);
   std::vector<KvSegment> segs;
   for (int64_t b = 0; b < B && per_seq > 0; ++b) {
-    for (const PrefixLevel* lvl : folded) {
-      const int64_t p = lvl->seq_to_prefix[b];
-      segs.push_back({&lvl->k, &lvl->v, p, lvl->lens[p], lvl->dims.group(), false});
-    }
+    for (const PrefixLevel* lvl : folded) segs.push_back(lvl->segment(lvl->seq_to_prefix[b], false));
     if (suffix_k.has_value()) segs.push_back({&sk, &sv, b, suffix_lens[b], Hq / sk.size(1), causal});
   }
 
@@ -549,6 +657,8 @@ std::tuple<at::Tensor, at::Tensor> hydragen_attention_cpu(
 
 TORCH_LIBRARY_IMPL(hydrogen, CPU, m) {
   m.impl("hydragen_attention", &hydragen_attention_cpu);
+  m.impl("paged_prefix_attention", &paged_prefix_attention_cpu);
+  m.impl("paged_suffix_attention", &paged_suffix_attention_cpu);
   m.impl("prefix_attention", &prefix_attention_cpu);
   m.impl("suffix_attention", &suffix_attention_cpu);
   m.impl("merge_attention", &merge_attention_cpu);
