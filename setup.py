@@ -6,8 +6,8 @@ build. TORCH_CUDA_ARCH_LIST overrides the default architectures (8.0 and 9.0).
 
 Each build is named after the torch it is built against: the version gets a local tag
 (0.1.0+pt214cu130, 0.1.0+pt214cpu) and hydrogen_ops/_build_info.py is written beside the
-extension, which the package checks at import. Wheels ship the extension without its
-debug sections (HYDROGEN_KEEP_DEBUG_INFO=1 keeps them).
+extension, which the package checks at import. Builds for installation (pip install,
+wheels) strip the extension's debug sections (HYDROGEN_KEEP_DEBUG_INFO=1 keeps them).
 """
 
 import glob
@@ -73,7 +73,6 @@ _require_build_tools()
 _locate_nvcc()
 import torch  # noqa: E402
 from setuptools import find_packages, setup  # noqa: E402
-from setuptools.command.bdist_wheel import bdist_wheel  # noqa: E402
 from torch.utils import cpp_extension  # noqa: E402  (reads CUDA_HOME at import)
 
 build_compat = _load_build_compat()
@@ -105,15 +104,18 @@ def version():
 
 
 class BuildExtension(cpp_extension.BuildExtension):
-    """Writes _build_info.py beside the extension, and rebuilds from scratch an extension
-    that was built for another torch: its objects would otherwise be reused, as the build
-    does not track torch's headers."""
+    """Names the build after its torch, writing _build_info.py beside the extension;
+    rebuilds from scratch an extension that was built for another torch (its objects would
+    otherwise be reused: the build does not track torch's headers); and strips the debug
+    sections from an extension built for installation (pip, wheels: a third of the CUDA
+    library, nearly all of the CPU-only one), while in-place builds keep them."""
 
     def run(self):
         with_cuda, why_not = cuda_build_wanted()
         if not with_cuda:
             print(f"hydrogen_ops: building the CPU extension only ({why_not})")
-        info_path = os.path.join(os.path.dirname(self.get_ext_fullpath("hydrogen_ops._C")), build_compat.BUILD_INFO_FILE)
+        library = self.get_ext_fullpath("hydrogen_ops._C")
+        info_path = os.path.join(os.path.dirname(library), build_compat.BUILD_INFO_FILE)
         info = build_compat.build_info_source(torch.__version__, built_cuda_version())
         recorded = open(info_path).read() if os.path.exists(info_path) else None
         if recorded != info:
@@ -124,28 +126,18 @@ class BuildExtension(cpp_extension.BuildExtension):
         os.makedirs(os.path.dirname(info_path), exist_ok=True)
         with open(info_path, "w") as f:
             f.write(info)
+        for_install = not (self.inplace or getattr(self, "editable_mode", False))
+        if for_install and os.environ.get("HYDROGEN_KEEP_DEBUG_INFO", "0") in ("", "0"):
+            strip_debug_info(library)
 
 
 def strip_debug_info(path):
-    """Removes the debug sections of a shared library in place (symbols stay)."""
+    """Removes the debug sections of a shared library in place (its symbols stay)."""
     strip = shutil.which("strip")
     if strip is None:
         print(f"hydrogen_ops: `strip` was not found; {os.path.basename(path)} keeps its debug sections")
         return
     subprocess.run([strip, "-S", path], check=True)
-
-
-class BdistWheel(bdist_wheel):
-    """Builds, then strips the extension before it is packed: the debug sections are
-    about a third of the library."""
-
-    def run(self):
-        if not self.skip_build:
-            self.run_command("build")
-        if os.environ.get("HYDROGEN_KEEP_DEBUG_INFO", "0") in ("", "0"):
-            for path in self.get_finalized_command("build_ext").get_outputs():
-                strip_debug_info(path)
-        super().run()
 
 
 def extension():
@@ -177,5 +169,5 @@ setup(
     version=version(),
     packages=find_packages(include=["hydrogen_ops", "hydrogen_ops.*"]),
     ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension, "bdist_wheel": BdistWheel},
+    cmdclass={"build_ext": BuildExtension},
 )

@@ -5,7 +5,6 @@ Nothing here compiles the extension: builds run with the compile step replaced, 
 packed around a small stand-in library, and errors are provoked in copies of the tree.
 """
 
-import glob
 import importlib.util
 import os
 import re
@@ -144,19 +143,28 @@ def test_version_carries_the_torch_tag():
     assert result.stdout.strip().splitlines()[-1] == f"{BASE_VERSION}+pt{major}{minor}cpu"
 
 
-# setup.py run as a build would run it, with the compile step replaced: what is left is
-# what setup.py itself does around the build.
+# setup.py run as a build would run it, with the compile step replaced by a small stand-in
+# library built with debug info: what is left is what setup.py itself does around the build.
 BUILD_WITHOUT_COMPILING = """
-import runpy, sys
+import os, runpy, subprocess, sys
 from torch.utils import cpp_extension
-cpp_extension.BuildExtension.run = lambda self: print("compile step")
+
+def compile_stand_in(self):
+    print("compile step")
+    library = self.get_ext_fullpath("hydrogen_ops._C")
+    os.makedirs(os.path.dirname(library), exist_ok=True)
+    with open("stand_in.c", "w") as f:
+        f.write("int hydrogen_stand_in(int x) { return x + 1; }\\n")
+    subprocess.run(["cc", "-g", "-shared", "-fPIC", "-o", library, "stand_in.c"], check=True)
+
+cpp_extension.BuildExtension.run = compile_stand_in
 sys.argv = ["setup.py"] + sys.argv[1:]
 runpy.run_path("setup.py", run_name="__main__")
 """
 
 
-def build_without_compiling(src, *args):
-    result = run([sys.executable, "-c", BUILD_WITHOUT_COMPILING, *args], src, HYDROGEN_CPU_ONLY="1")
+def build_without_compiling(src, *args, **env):
+    result = run([sys.executable, "-c", BUILD_WITHOUT_COMPILING, *args], src, HYDROGEN_CPU_ONLY="1", **env)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -296,29 +304,20 @@ def test_version_is_set_in_one_place():
 
 def elf_section_names(path):
     readelf = shutil.which("readelf")
-    assert readelf, "readelf (binutils) is needed to read the library's sections"
+    assert readelf, "readelf (binutils, which the extension build needs too) is missing"
     out = subprocess.run([readelf, "-S", "-W", path], capture_output=True, text=True, check=True).stdout
     return set(re.findall(r"\]\s+(\.\S+)", out))
 
 
+def has_debug_info(path):
+    sections = elf_section_names(path)
+    assert ".text" in sections, sections
+    return any(s.startswith(".debug") for s in sections)
+
+
 def test_wheel_is_tagged_typed_licensed_and_stripped(tmp_path):
-    """A wheel packed by setup.py's own bdist_wheel around a stand-in library built with -g."""
-    cc = shutil.which("cc")
-    assert cc, "a C compiler is needed (the extension build needs one too)"
     src = copy_source_tree(str(tmp_path / "src"))
-    result = run([sys.executable, "setup.py", "-q", "build_py"], src, HYDROGEN_CPU_ONLY="1")
-    assert result.returncode == 0, result.stderr
-    (build_lib,) = glob.glob(os.path.join(src, "build", "lib*"))  # where bdist_wheel looks
-    library = os.path.join(build_lib, "hydrogen_ops", EXT_NAME)
-    (tmp_path / "f.c").write_text("int hydrogen_stand_in(int x) { return x + 1; }\n")
-    subprocess.run([cc, "-g", "-shared", "-fPIC", "-o", library, str(tmp_path / "f.c")], check=True)
-    assert ".debug_info" in elf_section_names(library)
-    result = run(
-        [sys.executable, "setup.py", "-q", "bdist_wheel", "--skip-build", "--dist-dir", "dist"],
-        src,
-        HYDROGEN_CPU_ONLY="1",
-    )
-    assert result.returncode == 0, result.stderr
+    build_without_compiling(src, "bdist_wheel", "--dist-dir", "dist")
     (wheel,) = os.listdir(os.path.join(src, "dist"))
     major, minor = torch.__version__.split(".")[:2]
     version = f"{BASE_VERSION}+pt{major}{minor}cpu"
@@ -326,10 +325,22 @@ def test_wheel_is_tagged_typed_licensed_and_stripped(tmp_path):
     with zipfile.ZipFile(os.path.join(src, "dist", wheel)) as zf:
         names = zf.namelist()
         metadata = zf.read(f"hydrogen_ops-{version}.dist-info/METADATA").decode()
-        zf.extract(f"hydrogen_ops/{EXT_NAME}", tmp_path / "unpacked")
-    assert "hydrogen_ops/py.typed" in names
+        zf.extractall(tmp_path / "unpacked")
+    assert "hydrogen_ops/py.typed" in names and "hydrogen_ops/_build_info.py" in names
     assert f"hydrogen_ops-{version}.dist-info/licenses/LICENSE" in names
     assert "License-Expression: Apache-2.0" in metadata and "Project-URL:" in metadata
     assert "Classifier: Typing :: Typed" in metadata
-    sections = elf_section_names(str(tmp_path / "unpacked" / "hydrogen_ops" / EXT_NAME))
-    assert ".text" in sections and not any(s.startswith(".debug") for s in sections), sections
+    assert read_build_info(str(tmp_path / "unpacked" / "hydrogen_ops"))["tag"] == f"pt{major}{minor}cpu"
+    assert not has_debug_info(str(tmp_path / "unpacked" / "hydrogen_ops" / EXT_NAME))
+
+
+@pytest.mark.parametrize("keep", ["inplace", "HYDROGEN_KEEP_DEBUG_INFO"])
+def test_debug_info_is_kept_in_place_or_on_request(tmp_path, keep):
+    src = copy_source_tree(str(tmp_path))
+    if keep == "inplace":
+        build_without_compiling(src, "build_ext", "--inplace")
+        library = os.path.join(src, "hydrogen_ops", EXT_NAME)
+    else:
+        build_without_compiling(src, "build_ext", "--build-lib", "out", HYDROGEN_KEEP_DEBUG_INFO="1")
+        library = os.path.join(src, "out", "hydrogen_ops", EXT_NAME)
+    assert has_debug_info(library)
