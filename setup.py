@@ -105,8 +105,8 @@ def version():
 
 class BuildExtension(cpp_extension.BuildExtension):
     """Names the build after its torch, writing _build_info.py beside the extension;
-    rebuilds from scratch an extension that was built for another torch (its objects would
-    otherwise be reused: the build does not track torch's headers); and strips the debug
+    rebuilds from scratch an extension that was built for another torch (its sources have
+    not changed, so its objects would be reused); and strips the debug
     sections from an extension built for installation (pip, wheels: a third of the CUDA
     library, nearly all of the CPU-only one), while in-place builds keep them."""
 

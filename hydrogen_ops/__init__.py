@@ -6,14 +6,12 @@ float32, natural-log log-sum-exp of the scaled scores, shape ``[batch, q_heads, 
 A query row that sees no key gets ``out = 0`` and ``lse = -inf``.
 """
 
-import os
-
-from hydrogen_ops._build_compat import load_extension
+from hydrogen_ops import _build_compat
 from hydrogen_ops._version import __version__
 
 # The extension is loaded here, after its build is checked against the installed torch,
 # so a build for another torch names its fix instead of failing in the dynamic loader.
-_build = load_extension(os.path.dirname(os.path.abspath(__file__)))
+_build = _build_compat.load_extension()
 if _build is not None:
     __version__ = f"{__version__}+{_build.tag}"
 

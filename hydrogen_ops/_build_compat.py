@@ -98,11 +98,13 @@ def _missing_extension_message(package_dir: str) -> str:
     )
 
 
-def load_extension(package_dir: str):
+def load_extension():
     """Loads ``hydrogen_ops._C`` after checking its build against the installed torch.
     Returns the build info module (None for a build that has none) or raises ImportError
     with the fix."""
     import torch
+
+    package_dir = os.path.dirname(os.path.abspath(__file__))
 
     try:
         info = importlib.import_module("hydrogen_ops._build_info")
