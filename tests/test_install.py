@@ -88,15 +88,17 @@ def import_error(cwd, **env):
 
 @pytest.fixture(scope="module")
 def venv_without_torch(tmp_path_factory):
-    """A fresh venv (its bundled pip and setuptools, no torch) and a copy of the tree."""
+    """A fresh venv (the pip and setuptools that Python bundles, no torch), its setuptools
+    version, and a copy of the tree."""
     base = tmp_path_factory.mktemp("bare")
     subprocess.run([sys.executable, "-m", "venv", str(base / "venv")], check=True, timeout=120)
     python = str(base / "venv" / "bin" / "python")
     has_torch = subprocess.run([python, "-c", "import torch"], capture_output=True).returncode == 0
     assert not has_torch, "a fresh venv must not see torch"
-    src = base / "src"
-    src.mkdir()
-    return python, copy_source_tree(str(src))
+    probe = subprocess.run([python, "-c", "import setuptools; print(setuptools.__version__)"], capture_output=True, text=True)
+    if probe.returncode != 0:  # Python >= 3.12 bundles no setuptools, and pip then fails before setup.py runs
+        pytest.skip("this Python's venv has no bundled setuptools to run setup.py with")
+    return python, probe.stdout.strip(), copy_source_tree(str(base / "src"))
 
 
 def pip_install_no_isolation(python, src, **env):
@@ -104,7 +106,7 @@ def pip_install_no_isolation(python, src, **env):
 
 
 def test_pip_install_without_torch_says_install_torch_first(venv_without_torch):
-    python, src = venv_without_torch
+    python, _, src = venv_without_torch
     result = pip_install_no_isolation(python, src)
     output = result.stdout + result.stderr
     assert result.returncode != 0
@@ -114,12 +116,12 @@ def test_pip_install_without_torch_says_install_torch_first(venv_without_torch):
 
 
 def test_pip_install_with_old_setuptools_names_the_version_needed(venv_without_torch, tmp_path):
-    python, src = venv_without_torch
+    python, old, src = venv_without_torch
+    if int(old.split(".")[0]) >= 77:
+        pytest.skip(f"the setuptools this Python bundles ({old}) is recent enough")
     fake_torch = tmp_path / "torch"  # found, never imported: the setuptools check comes first
     fake_torch.mkdir()
     (fake_torch / "__init__.py").write_text("raise ImportError('stand-in torch')\n")
-    old = subprocess.run([python, "-c", "import setuptools; print(setuptools.__version__)"], capture_output=True, text=True).stdout.strip()
-    assert int(old.split(".")[0]) < 77, f"the venv's bundled setuptools {old} is recent enough; nothing to check"
     result = pip_install_no_isolation(python, src, PYTHONPATH=str(tmp_path))
     output = result.stdout + result.stderr
     assert result.returncode != 0
@@ -191,7 +193,7 @@ def test_build_writes_build_info_beside_the_extension(tmp_path, inplace):
     assert info["tag"] == f"pt{major}{minor}cpu"
 
 
-@pytest.mark.parametrize("recorded_torch, objects_kept", [("2.13.0", False), (torch.__version__, True)])
+@pytest.mark.parametrize("recorded_torch, objects_kept", [("1.13.1", False), (torch.__version__, True)])
 def test_objects_of_a_build_for_another_torch_are_not_reused(tmp_path, recorded_torch, objects_kept):
     src = copy_source_tree(str(tmp_path))
     write_build_info(os.path.join(src, "hydrogen_ops"), recorded_torch, None)
@@ -223,7 +225,7 @@ def test_incompatibility(built_torch, built_cuda, torch_version, torch_cuda, pro
         assert found is not None and problem in found, found
 
 
-OTHER_TORCH = ("2.13.0+cu126", "12.6")
+OTHER_TORCH = ("1.13.1+cu117", "11.7")  # older than any torch this package supports
 
 
 def test_import_under_another_torch_names_both_versions_in_a_checkout(tmp_path):
