@@ -104,11 +104,12 @@ def version():
 
 
 class BuildExtension(cpp_extension.BuildExtension):
-    """Names the build after its torch, writing _build_info.py beside the extension;
-    rebuilds from scratch an extension that was built for another torch (its sources have
-    not changed, so its objects would be reused); and strips the debug
-    sections from an extension built for installation (pip, wheels: a third of the CUDA
-    library, nearly all of the CPU-only one), while in-place builds keep them."""
+    """Names the build after its torch, writing _build_info.py beside the extension.
+    An extension built for another torch is rebuilt from scratch: its sources have not
+    changed, so its objects would be reused (a switch between CPU-only and CUDA builds of
+    one torch keeps them). An extension built for installation (pip, wheels) loses its
+    debug sections, a third of the CUDA library and nearly all of the CPU-only one;
+    in-place builds keep them."""
 
     def run(self):
         with_cuda, why_not = cuda_build_wanted()
@@ -117,11 +118,11 @@ class BuildExtension(cpp_extension.BuildExtension):
         library = self.get_ext_fullpath("hydrogen_ops._C")
         info_path = os.path.join(os.path.dirname(library), build_compat.BUILD_INFO_FILE)
         info = build_compat.build_info_source(torch.__version__, built_cuda_version())
-        recorded = open(info_path).read() if os.path.exists(info_path) else None
-        if recorded != info:
-            self.force = True  # an extension without this torch's build info is not reused
-            if recorded is not None:
-                shutil.rmtree(self.build_temp, ignore_errors=True)
+        recorded = runpy.run_path(info_path) if os.path.exists(info_path) else None
+        if recorded is None or open(info_path).read() != info:
+            self.force = True  # an extension without this build's info is not reused
+        if recorded is not None and recorded["torch_version"] != torch.__version__:
+            shutil.rmtree(self.build_temp, ignore_errors=True)
         super().run()
         os.makedirs(os.path.dirname(info_path), exist_ok=True)
         with open(info_path, "w") as f:

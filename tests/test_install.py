@@ -193,10 +193,14 @@ def test_build_writes_build_info_beside_the_extension(tmp_path, inplace):
     assert info["tag"] == f"pt{major}{minor}cpu"
 
 
-@pytest.mark.parametrize("recorded_torch, objects_kept", [("1.13.1", False), (torch.__version__, True)])
-def test_objects_of_a_build_for_another_torch_are_not_reused(tmp_path, recorded_torch, objects_kept):
+@pytest.mark.parametrize(
+    "recorded_torch, recorded_cuda, objects_kept",
+    [("1.13.1", None, False), (torch.__version__, None, True), (torch.__version__, "12.0", True)],
+    ids=["other-torch", "same-build", "cuda-build-before"],
+)
+def test_objects_of_a_build_for_another_torch_are_not_reused(tmp_path, recorded_torch, recorded_cuda, objects_kept):
     src = copy_source_tree(str(tmp_path))
-    write_build_info(os.path.join(src, "hydrogen_ops"), recorded_torch, None)
+    write_build_info(os.path.join(src, "hydrogen_ops"), recorded_torch, recorded_cuda)
     compiled = tmp_path / "build" / "temp" / "ops.o"
     compiled.parent.mkdir(parents=True)
     compiled.write_text(f"object built against torch {recorded_torch}")
