@@ -6,7 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
 VENV="${HYDROGEN_VENV:-$ROOT/.venv}"
-STAMP="$VENV/.hydrogen-deps-v2"  # bump when the list below changes
+STAMP="$VENV/.hydrogen-deps-v3"  # bump when the list below changes
 if [ ! -x "$VENV/bin/python" ]; then
   echo "==> creating $VENV"
   "$PYTHON" -m venv "$VENV"
@@ -16,7 +16,7 @@ source "$VENV/bin/activate"
 if [ ! -f "$STAMP" ]; then
   echo "==> installing torch 2.14.1 and the test dependencies (first run only, about 2 minutes)"
   python -m pip install --progress-bar on "torch==2.14.1" "transformers==5.17.0" \
-    pytest hypothesis numpy ninja setuptools wheel \
+    pytest hypothesis numpy ninja "setuptools>=77" wheel \
     matplotlib tqdm nbclient nbformat ipykernel
   touch "$STAMP"
 fi
