@@ -107,7 +107,7 @@ status rest_files "tests (without the strict files)"
 
 # run_pytest STEP WANT THREADS PYTEST_ARGS...: JUnit XML junit_STEP.xml, verbose log test_STEP_log.txt.
 run_pytest() {
-  local step=$1 want=$2 threads=$3 rc=0 t
+  local step=$1 want=$2 threads=$3 rc=0 t s0
   shift 3
   t=$(step_time "$want" "$BENCH_RESERVE")
   if [ "$t" -lt 20 ]; then
@@ -116,11 +116,13 @@ run_pytest() {
     note "tests ($step): skipped (time budget spent)"
     return 0
   fi
+  s0=$(date +%s)
   OMP_NUM_THREADS="$threads" timeout -s INT -k 20 "$t" "$PY" -m pytest "$@" -v -rfEs -p no:cacheprovider \
     --continue-on-collection-errors --junitxml="$RESULTS/junit_$step.xml" > "$RESULTS/test_${step}_log.txt" 2>&1 || rc=$?
   status "${step}_rc" "$rc"
+  status "${step}_s" "$(( $(date +%s) - s0 ))"
   [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ] || status "${step}_note" "cut off after ${t} s"
-  note "tests ($step): rc=$rc within ${t} s: $(tail -1 "$RESULTS/test_${step}_log.txt")"
+  note "tests ($step): rc=$rc in $(( $(date +%s) - s0 )) s (limit ${t} s): $(tail -1 "$RESULTS/test_${step}_log.txt")"
 }
 
 # find_sanitizer: compute-sanitizer on PATH or in the CUDA toolkit, else nothing.
@@ -133,7 +135,7 @@ find_sanitizer() {
 }
 
 run_sanitizer() {
-  local san tool rc t
+  local san tool rc t s0
   san=$(find_sanitizer)
   if [ -z "$san" ]; then
     status sanitizer absent
@@ -144,18 +146,20 @@ run_sanitizer() {
   status sanitizer ran
   status sanitizer_tool "$san"
   for tool in memcheck racecheck; do
-    t=$(step_time 35 "$BENCH_RESERVE")
+    t=$(step_time 40 "$BENCH_RESERVE")
     if [ "$t" -lt 15 ]; then
       status "sanitizer_${tool}_rc" skipped
       note "compute-sanitizer $tool: skipped (time budget spent)"
       continue
     fi
     rc=0
+    s0=$(date +%s)
     # no caching allocator: every tensor is its own allocation, so memcheck sees overruns
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout -k 10 "$t" "$san" --tool "$tool" --print-limit 20 \
       "$PY" benchmarks/sanitizer_cases.py > "$RESULTS/sanitizer_${tool}_log.txt" 2>&1 || rc=$?
     status "sanitizer_${tool}_rc" "$rc"
-    note "compute-sanitizer $tool: rc=$rc: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|sanitizer cases' \
+    status "sanitizer_${tool}_s" "$(( $(date +%s) - s0 ))"
+    note "compute-sanitizer $tool: rc=$rc in $(( $(date +%s) - s0 )) s (limit ${t} s): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|sanitizer cases' \
       "$RESULTS/sanitizer_${tool}_log.txt" | tr '\n' ' ')"
   done
 }
@@ -184,7 +188,7 @@ fi
 bench_rc=0
 # run_step NAME WANT_SECONDS COMMAND...: runs with stdout to NAME.md, stderr to NAME_log.txt.
 run_step() {
-  local name=$1 want=$2 rc=0 t
+  local name=$1 want=$2 rc=0 t s0
   shift 2
   t=$(step_time "$want")
   if [ "$t" -lt 30 ]; then
@@ -192,9 +196,11 @@ run_step() {
     note "$name: skipped (time budget spent)"
     return 0
   fi
+  s0=$(date +%s)
   timeout -k 10 "$t" "$@" > "$RESULTS/$name.md" 2> "$RESULTS/${name}_log.txt" || rc=$?
   status "${name}_rc" "$rc"
-  note "$name: rc=$rc within ${t} s ($name.md, log ${name}_log.txt)"
+  status "${name}_s" "$(( $(date +%s) - s0 ))"
+  note "$name: rc=$rc in $(( $(date +%s) - s0 )) s (limit ${t} s; $name.md, log ${name}_log.txt)"
   tail -40 "$RESULTS/$name.md" | tee -a "$SUMMARY" || true
   [ "$rc" -eq 0 ] || bench_rc=$rc
 }

@@ -335,6 +335,7 @@ def sanitizer_record(results: str, status: Dict[str, str]) -> dict:
 
 # ----------------------------------------------------------------------------- launches (GPU)
 _DEVICE_ACTIVITIES = {"kernel": "kernels", "gpu_memset": "memsets", "gpu_memcpy": "memcpys"}
+_NOT_LAUNCHES = {"gpu_user_annotation", "cuda_sync", "cuda_profiler_range", "overhead"}
 
 
 def count_device_ops(events) -> dict:
@@ -346,12 +347,11 @@ def count_device_ops(events) -> dict:
         if e.device_type != DeviceType.CUDA:
             continue
         activity = getattr(e, "activity_type", None)
-        if isinstance(activity, str) and activity:
-            kind = _DEVICE_ACTIVITIES.get(activity)
-        else:  # torch without activity types: device events are kernels, memsets or memcpys
-            kind = "memsets" if e.name.startswith("Memset") else "memcpys" if e.name.startswith("Memcpy") else "kernels"
-        if kind is None:
+        if activity in _NOT_LAUNCHES:
             continue
+        kind = _DEVICE_ACTIVITIES.get(activity)
+        if kind is None:  # torch without activity types: device events are kernels, memsets or memcpys
+            kind = "memsets" if e.name.startswith("Memset") else "memcpys" if e.name.startswith("Memcpy") else "kernels"
         counts[kind] += 1
         if kind == "kernels":
             counts["kernel_names"].append(e.name)
@@ -402,6 +402,8 @@ def measure_launches(calls: int = 4) -> dict:
                 call()
             torch.cuda.synchronize()
         counts = count_device_ops(prof.events())
+        if counts["total"] == 0:  # a call always does device work: the profiler saw none
+            raise RuntimeError("torch.profiler recorded no device activity (is CUPTI available?)")
         per_call = counts["total"] / calls
         out[name] = {"per_call": int(per_call) if per_call == int(per_call) else per_call, "calls": calls,
                      "kernels": counts["kernels"] / calls, "memsets": counts["memsets"] / calls,

@@ -340,6 +340,8 @@ def test_count_device_ops():
                  ev("annotation", activity="gpu_user_annotation"), ev("Memset (Device)", activity="gpu_memset")]
     counts = gpu_record.count_device_ops(new_torch)
     assert (counts["kernels"], counts["memsets"], counts["total"]) == (1, 1, 2)
+    unknown_activity = [ev("k2", activity="some_future_kernel_kind"), ev("Memcpy HtoD", activity="")]
+    assert gpu_record.count_device_ops(unknown_activity)["kernel_names"] == ["k2"]
 
 
 def test_launch_cases_run_on_cpu_and_measuring_needs_a_gpu():
