@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
 
 namespace hydrogen {
 
@@ -71,8 +72,7 @@ AttentionDims concrete(const SymAttentionDims& d) {
 
 SymAttentionDims check_prefix_shapes(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& kv_lens,
-    const c10::optional<at::Tensor>& seq_to_prefix) {
-  const char* op = "prefix_attention";
+    const c10::optional<at::Tensor>& seq_to_prefix, const char* op) {
   SymAttentionDims d = check_qkv(op, q, k, v);
   check_index_tensor(op, "kv_lens", kv_lens, d.kv_batch, q);
   check_index_tensor(op, "seq_to_prefix", seq_to_prefix, d.batch, q);
@@ -83,14 +83,41 @@ SymAttentionDims check_prefix_shapes(
 }
 
 SymAttentionDims check_suffix_shapes(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& kv_lens) {
-  const char* op = "suffix_attention";
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& kv_lens,
+    const char* op) {
   SymAttentionDims d = check_qkv(op, q, k, v);
   TORCH_CHECK_VALUE(
       d.kv_batch == d.batch, op, ": k and v must hold one sequence per query sequence: expected k.shape[0] == ",
       d.batch, ", got ", d.kv_batch);
   check_index_tensor(op, "kv_lens", kv_lens, d.batch, q);
   return d;
+}
+
+void check_hydragen_shapes(
+    const at::Tensor& q, at::TensorList prefix_k, at::TensorList prefix_v,
+    const c10::List<c10::optional<at::Tensor>>& prefix_kv_lens,
+    const c10::List<c10::optional<at::Tensor>>& seq_to_prefix, const c10::optional<at::Tensor>& suffix_k,
+    const c10::optional<at::Tensor>& suffix_v, const c10::optional<at::Tensor>& suffix_kv_lens) {
+  const char* op = "hydragen_attention";
+  const size_t n = prefix_k.size();
+  TORCH_CHECK_VALUE(
+      prefix_v.size() == n && prefix_kv_lens.size() == n && seq_to_prefix.size() == n, op,
+      ": the per-level lists prefix_k, prefix_v, prefix_kv_lens and seq_to_prefix must have one length, got ",
+      n, ", ", prefix_v.size(), ", ", prefix_kv_lens.size(), " and ", seq_to_prefix.size());
+  TORCH_CHECK_VALUE(
+      suffix_k.has_value() == suffix_v.has_value(), op, ": give suffix_k and suffix_v together (got ",
+      suffix_k.has_value() ? "suffix_k only" : "suffix_v only", ")");
+  TORCH_CHECK_VALUE(
+      suffix_k.has_value() || !suffix_kv_lens.has_value(), op, ": suffix_kv_lens is given without a suffix");
+  TORCH_CHECK_VALUE(n > 0 || suffix_k.has_value(), op, ": give at least one prefix level or a suffix");
+  for (size_t i = 0; i < n; ++i) {
+    const std::string level = std::string(op) + ": prefix level " + std::to_string(i);
+    check_prefix_shapes(q, prefix_k[i], prefix_v[i], prefix_kv_lens.get(i), seq_to_prefix.get(i), level.c_str());
+  }
+  if (suffix_k.has_value()) {
+    const std::string suffix = std::string(op) + ": suffix";
+    check_suffix_shapes(q, *suffix_k, *suffix_v, suffix_kv_lens, suffix.c_str());
+  }
 }
 
 AttentionDims check_prefix_args(

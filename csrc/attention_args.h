@@ -8,6 +8,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/SymInt.h>
+#include <ATen/core/List.h>
 #include <c10/util/Optional.h>
 
 #include <tuple>
@@ -37,13 +38,23 @@ using SymAttentionDims = Dims<c10::SymInt>;  // what the rules see (symbolic und
 SymAttentionDims check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
 // Validates prefix_attention's arguments (including P == 1 when seq_to_prefix is None).
+// `op` names the call in error messages.
 SymAttentionDims check_prefix_shapes(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& kv_lens,
-    const c10::optional<at::Tensor>& seq_to_prefix);
+    const c10::optional<at::Tensor>& seq_to_prefix, const char* op = "prefix_attention");
 
 // Validates suffix_attention's arguments (k and v hold one sequence per query sequence).
 SymAttentionDims check_suffix_shapes(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& kv_lens);
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& kv_lens,
+    const char* op = "suffix_attention");
+
+// Validates hydragen_attention's arguments: parallel per-level lists, each level as in
+// prefix_attention, the optional suffix as in suffix_attention, at least one of them.
+void check_hydragen_shapes(
+    const at::Tensor& q, at::TensorList prefix_k, at::TensorList prefix_v,
+    const c10::List<c10::optional<at::Tensor>>& prefix_kv_lens,
+    const c10::List<c10::optional<at::Tensor>>& seq_to_prefix, const c10::optional<at::Tensor>& suffix_k,
+    const c10::optional<at::Tensor>& suffix_v, const c10::optional<at::Tensor>& suffix_kv_lens);
 
 // The same checks for real tensors, returning concrete sizes.
 AttentionDims check_prefix_args(

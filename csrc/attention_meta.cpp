@@ -34,9 +34,22 @@ std::tuple<at::Tensor, at::Tensor> merge_attention_meta(
   return allocate_outputs("merge_attention", outs[0], out_dtype);
 }
 
+std::tuple<at::Tensor, at::Tensor> hydragen_attention_meta(
+    const at::Tensor& q, at::TensorList prefix_k, at::TensorList prefix_v,
+    const c10::List<c10::optional<at::Tensor>>& prefix_kv_lens,
+    const c10::List<c10::optional<at::Tensor>>& seq_to_prefix, const c10::optional<at::Tensor>& suffix_k,
+    const c10::optional<at::Tensor>& suffix_v, const c10::optional<at::Tensor>& suffix_kv_lens, bool /*causal*/,
+    c10::optional<double> scale, c10::optional<at::ScalarType> out_dtype) {
+  const char* op = "hydragen_attention";
+  check_hydragen_shapes(q, prefix_k, prefix_v, prefix_kv_lens, seq_to_prefix, suffix_k, suffix_v, suffix_kv_lens);
+  check_scale(op, scale);
+  return allocate_outputs(op, q, out_dtype);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(hydrogen, Meta, m) {
+  m.impl("hydragen_attention", &hydragen_attention_meta);
   m.impl("prefix_attention", &prefix_attention_meta);
   m.impl("suffix_attention", &suffix_attention_meta);
   m.impl("merge_attention", &merge_attention_meta);

@@ -20,4 +20,9 @@ TORCH_LIBRARY(hydrogen, m) {
       "suffix_attention(Tensor q, Tensor k, Tensor v, Tensor? kv_lens=None, bool causal=True, "
       "float? scale=None, ScalarType? out_dtype=None) -> (Tensor out, Tensor lse)");
   m.def("merge_attention(Tensor[] outs, Tensor[] lses, ScalarType? out_dtype=None) -> (Tensor out, Tensor lse)");
+  // The whole decode attention in one call: every shared level and the suffix, merged.
+  m.def(
+      "hydragen_attention(Tensor q, Tensor[] prefix_k, Tensor[] prefix_v, Tensor?[] prefix_kv_lens, "
+      "Tensor?[] seq_to_prefix, Tensor? suffix_k=None, Tensor? suffix_v=None, Tensor? suffix_kv_lens=None, "
+      "bool causal=True, float? scale=None, ScalarType? out_dtype=None) -> (Tensor out, Tensor lse)");
 }

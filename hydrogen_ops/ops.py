@@ -100,20 +100,31 @@ def hydragen_attention(
         suffix: ``(k, v, kv_lens)`` per-sequence keys, as in :func:`suffix_attention`.
         causal: causal mask inside the suffix (prefix levels are always fully visible).
 
-    Each level is computed with its keys read once for all sequences sharing it; the
-    partial results stay in float32 and are merged once, rounding to q's dtype at the end.
+    One dispatcher call (``torch.ops.hydrogen.hydragen_attention``). A level whose
+    sharing pays is computed with its keys read once for all sequences sharing it; on
+    the CPU, a level that sharing would not pay for (few sequences per prefix, short
+    prefix: a cost model in bytes moved) is read in one pass per sequence together with
+    the suffix, with no concatenated copy. ``HYDROGEN_SHARING=always|never`` overrides the
+    model. Partial results stay in float32 and are merged once, rounding to q's dtype.
     Returns ``out`` (q's dtype), or ``(out, lse)`` when ``return_lse``.
     """
-    parts = [
-        prefix_attention(q, k, v, kv_lens, seq_to_prefix, scale=scale, out_dtype=torch.float32)
-        for k, v, kv_lens, seq_to_prefix in prefixes
-    ]
-    if suffix is not None:
-        k, v, kv_lens = suffix
-        parts.append(suffix_attention(q, k, v, kv_lens, causal=causal, scale=scale, out_dtype=torch.float32))
-    if not parts:
-        raise ValueError("hydragen_attention: give at least one prefix level or a suffix")
-    out, lse = merge_attention([o for o, _ in parts], [s for _, s in parts], out_dtype=q.dtype)
+    if suffix is None:
+        suffix_k = suffix_v = suffix_lens = None
+    else:
+        suffix_k, suffix_v, suffix_lens = suffix
+    out, lse = torch.ops.hydrogen.hydragen_attention(
+        q,
+        [level[0] for level in prefixes],
+        [level[1] for level in prefixes],
+        [level[2] for level in prefixes],
+        [level[3] for level in prefixes],
+        suffix_k,
+        suffix_v,
+        suffix_lens,
+        causal,
+        scale,
+        None,
+    )
     return (out, lse) if return_lse else out
 
 
@@ -128,5 +139,5 @@ def _no_context(ctx, inputs, output):
     return None
 
 
-for _name in ("prefix_attention", "suffix_attention", "merge_attention"):
+for _name in ("prefix_attention", "suffix_attention", "merge_attention", "hydragen_attention"):
     torch.library.register_autograd(f"hydrogen::{_name}", _inference_only, setup_context=_no_context)

@@ -1,12 +1,16 @@
 // CPU implementations of the hydrogen ops.
 //
-// Both attention ops share one loop: a work item is a set of stacked query rows that
-// all read the same K/V sequence of one kv head. For prefix attention the rows are
-// every (sequence mapped to the prefix) x (query head of the GQA group) x (query
-// position); for suffix attention they are one sequence's group heads x positions.
+// Every attention op shares one loop: a work item is a set of stacked query rows that
+// read the same list of K/V segments, in order, through one online softmax. For prefix
+// attention the rows are every (sequence mapped to the prefix) x (query head of the GQA
+// group) x (query position) and the list is the prefix; for suffix attention they are
+// one sequence's group heads x positions and the list is its suffix; the fused
+// hydragen_attention op also runs one pass per sequence over [levels | suffix] for the
+// levels that sharing would not pay for (see sharing_pays).
 // For each KV tile the item converts K and V to fp32 once (fp32 is read in place), then
-// runs a register-blocked product over all its rows, an online softmax and a second product. The [rows, keys] score matrix exists only one
-// tile at a time, and the next tile is prefetched while the current one is computed.
+// runs a register-blocked product over all its rows, an online softmax and a second
+// product. The [rows, keys] score matrix exists only one tile at a time, and the next
+// tile is prefetched while the current one is computed.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -15,7 +19,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <numeric>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -33,31 +41,41 @@ constexpr int64_t kMaxItemRows = 512;  // stacked rows per work item
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// One K/V sequence attended by a work item: keys [0, len) of k[index], v[index]
+// ([N, Hkv, L, D], last dim contiguous), with group = Hq / Hkv query heads per kv head.
+struct KvSegment {
+  const at::Tensor* k;
+  const at::Tensor* v;
+  int64_t index;
+  int64_t len;
+  int64_t group;
+  bool causal;  // bottom-right aligned: query i sees keys j <= len - Lq + i
+};
+
 // Rows of one work item: stacked rows [row_begin, row_end) of the list
-// seqs[s] x group heads g x query positions i, in that nesting order.
+// seqs[s] x heads hb * block + j (j < block) x query positions i, in that nesting order.
+// `block` divides every segment's group, so all rows of an item share each segment's kv head.
 struct WorkItem {
-  int64_t kv_index;  // which K/V sequence (prefix p, or suffix sequence b)
-  int64_t kv_head;
-  int64_t kv_len;    // valid keys of that sequence
+  const KvSegment* segs;
+  int64_t n_segs;
+  int64_t head_block;
+  int64_t block;
   const int64_t* seqs;
   int64_t row_begin, row_end;
 };
 
 struct Problem {
-  AttentionDims dims;
-  bool causal;
+  int64_t q_heads, q_len, head_dim;
   float scale;
   const at::Tensor* q;
-  const at::Tensor* k;
-  const at::Tensor* v;
   at::Tensor* out;
   at::Tensor* lse;
 };
 
-// Keys visible to query position i of a sequence whose K/V has kv_len valid keys.
-int64_t visible_keys(const Problem& pb, int64_t kv_len, int64_t i) {
-  if (!pb.causal) return kv_len;
-  return std::clamp<int64_t>(kv_len - pb.dims.q_len + i + 1, 0, kv_len);
+// Keys of a segment visible to query position i.
+int64_t visible_keys(const KvSegment& seg, int64_t q_len, int64_t i) {
+  if (!seg.causal) return seg.len;
+  return std::clamp<int64_t>(seg.len - q_len + i + 1, 0, seg.len);
 }
 
 template <typename T>
@@ -95,7 +113,7 @@ void dispatch_float(at::ScalarType dtype, Fn&& fn) {
 // and grown when an item needs more.
 struct Workspace {
   std::vector<float> q, k, v, scores, acc, m, l, tile_limit, alpha;
-  std::vector<int64_t> out_offset, limit;
+  std::vector<int64_t> out_offset, limit, pos;
   void reserve(int64_t rows, int64_t dim) {
     const int64_t dim_p = round_up(dim, kColPad);
     for (auto [buf, size] : {std::pair{&q, rows * dim}, {&k, kKeyTile * dim},
@@ -103,7 +121,7 @@ struct Workspace {
                              {&m, rows}, {&l, rows}, {&tile_limit, rows}, {&alpha, rows}}) {
       if (static_cast<int64_t>(buf->size()) < size) buf->resize(size);
     }
-    for (auto* buf : {&out_offset, &limit}) {
+    for (auto* buf : {&out_offset, &limit, &pos}) {
       if (static_cast<int64_t>(buf->size()) < rows) buf->resize(rows);
     }
   }
@@ -134,44 +152,22 @@ const float* tile_as_float(
   return buf;
 }
 
+// Folds the keys of one segment into the item's online softmax (ws.m, ws.l, ws.acc).
 template <typename T>
-void run_item(const Problem& pb, const WorkItem& item, Workspace& ws) {
-  const AttentionDims& d = pb.dims;
+void attend_segment(
+    const Problem& pb, const WorkItem& item, const KvSegment& seg, int64_t rows, int64_t rows_p, int64_t Dp,
+    bool stacked, Workspace& ws) {
   const cpu::TileKernels& kern = cpu::tile_kernels();
-  const int64_t D = d.head_dim, G = d.group(), Lq = d.q_len;
-  const int64_t rows = item.row_end - item.row_begin;
-  // Few rows (one sequence's decode): dot-product kernels. Many rows: the stacked
-  // layout, padded to whole register tiles.
-  const bool stacked = rows > cpu::kFewRows;
-  const int64_t rows_p = stacked ? round_up(rows, kRowPad) : rows;
-  const int64_t Dp = stacked ? round_up(D, kColPad) : D;
-  const T* q = pb.q->data_ptr<T>();
-  const at::IntArrayRef qs = pb.q->strides();
-
-  // Gather the stacked, pre-scaled query rows (transposed for the stacked layout).
+  const int64_t D = pb.head_dim;
   int64_t max_limit = 0;
   for (int64_t r = 0; r < rows_p; ++r) {
-    if (r >= rows) {  // padding rows see nothing and hold zeros
-      ws.limit[r] = 0;
-      for (int64_t c = 0; c < D; ++c) ws.q[c * rows_p + r] = 0.0f;
-      continue;
-    }
-    const int64_t row = item.row_begin + r;
-    const int64_t i = row % Lq, g = (row / Lq) % G, b = item.seqs[row / (Lq * G)];
-    const int64_t hq = item.kv_head * G + g;
-    ws.out_offset[r] = (b * d.q_heads + hq) * Lq + i;
-    ws.limit[r] = visible_keys(pb, item.kv_len, i);
+    ws.limit[r] = r < rows ? visible_keys(seg, pb.q_len, ws.pos[r]) : 0;  // padding rows see nothing
     max_limit = std::max(max_limit, ws.limit[r]);
-    const T* src = q + b * qs[0] + hq * qs[1] + i * qs[2];
-    for (int64_t c = 0; c < D; ++c) ws.q[stacked ? c * rows_p + r : r * D + c] = to_float(src[c]) * pb.scale;
   }
-  std::fill(ws.acc.begin(), ws.acc.begin() + rows_p * Dp, 0.0f);
-  std::fill(ws.m.begin(), ws.m.begin() + rows_p, -std::numeric_limits<float>::infinity());
-  std::fill(ws.l.begin(), ws.l.begin() + rows_p, 0.0f);
-
-  const at::IntArrayRef ks = pb.k->strides(), vs = pb.v->strides();
-  const T* k = pb.k->data_ptr<T>() + item.kv_index * ks[0] + item.kv_head * ks[1];
-  const T* v = pb.v->data_ptr<T>() + item.kv_index * vs[0] + item.kv_head * vs[1];
+  const int64_t kv_head = item.head_block * item.block / seg.group;
+  const at::IntArrayRef ks = seg.k->strides(), vs = seg.v->strides();
+  const T* k = seg.k->data_ptr<T>() + seg.index * ks[0] + kv_head * ks[1];
+  const T* v = seg.v->data_ptr<T>() + seg.index * vs[0] + kv_head * vs[1];
   for (int64_t j0 = 0; j0 < max_limit; j0 += kKeyTile) {
     const int64_t nk = std::min(kKeyTile, max_limit - j0);
     // The tile is converted to fp32 once (fp32 is read in place); every row of the item reads it.
@@ -210,6 +206,38 @@ void run_item(const Problem& pb, const WorkItem& item, Workspace& ws) {
       kern.accumulate_rows(ws.scores.data(), kKeyTile, rows, nk, vt, ldv, D, ws.acc.data());
     }
   }
+}
+
+template <typename T>
+void run_item(const Problem& pb, const WorkItem& item, Workspace& ws) {
+  const int64_t D = pb.head_dim, Lq = pb.q_len, block = item.block;
+  const int64_t rows = item.row_end - item.row_begin;
+  // Few rows (one sequence's decode): dot-product kernels. Many rows: the stacked
+  // layout, padded to whole register tiles.
+  const bool stacked = rows > cpu::kFewRows;
+  const int64_t rows_p = stacked ? round_up(rows, kRowPad) : rows;
+  const int64_t Dp = stacked ? round_up(D, kColPad) : D;
+  const T* q = pb.q->data_ptr<T>();
+  const at::IntArrayRef qs = pb.q->strides();
+
+  // Gather the stacked, pre-scaled query rows (transposed for the stacked layout).
+  for (int64_t r = 0; r < rows_p; ++r) {
+    if (r >= rows) {  // padding rows hold zeros
+      for (int64_t c = 0; c < D; ++c) ws.q[c * rows_p + r] = 0.0f;
+      continue;
+    }
+    const int64_t row = item.row_begin + r;
+    const int64_t i = row % Lq, j = (row / Lq) % block, b = item.seqs[row / (Lq * block)];
+    const int64_t hq = item.head_block * block + j;
+    ws.out_offset[r] = (b * pb.q_heads + hq) * Lq + i;
+    ws.pos[r] = i;
+    const T* src = q + b * qs[0] + hq * qs[1] + i * qs[2];
+    for (int64_t c = 0; c < D; ++c) ws.q[stacked ? c * rows_p + r : r * D + c] = to_float(src[c]) * pb.scale;
+  }
+  std::fill(ws.acc.begin(), ws.acc.begin() + rows_p * Dp, 0.0f);
+  std::fill(ws.m.begin(), ws.m.begin() + rows_p, -std::numeric_limits<float>::infinity());
+  std::fill(ws.l.begin(), ws.l.begin() + rows_p, 0.0f);
+  for (int64_t s = 0; s < item.n_segs; ++s) attend_segment<T>(pb, item, item.segs[s], rows, rows_p, Dp, stacked, ws);
 
   float* lse = pb.lse->data_ptr<float>();
   for (int64_t r = 0; r < rows; ++r) {
@@ -219,17 +247,19 @@ void run_item(const Problem& pb, const WorkItem& item, Workspace& ws) {
   }
 }
 
-// Splits each group of stacked rows into items so that every thread gets work.
+// Splits the stacked rows of `seqs` over one segment list into items (per head block, then
+// row chunks) so that every thread gets work; n_groups is how many (list, head block)
+// groups the whole call has.
 void add_items(
-    std::vector<WorkItem>& items, int64_t kv_index, int64_t kv_len, const int64_t* seqs, int64_t n_seqs,
-    const Problem& pb, int64_t n_groups) {
-  const int64_t rows = n_seqs * pb.dims.group() * pb.dims.q_len;
+    std::vector<WorkItem>& items, const KvSegment* segs, int64_t n_segs, int64_t block, const int64_t* seqs,
+    int64_t n_seqs, const Problem& pb, int64_t n_groups) {
+  const int64_t rows = n_seqs * block * pb.q_len;
   const int64_t want_items = 4 * at::get_num_threads();
   const int64_t splits = std::max<int64_t>(1, (want_items + n_groups - 1) / n_groups);
   const int64_t chunk = std::min(kMaxItemRows, round_up((rows + splits - 1) / splits, kRowPad));
-  for (int64_t h = 0; h < pb.dims.kv_heads; ++h) {
+  for (int64_t h = 0; h < pb.q_heads / block; ++h) {
     for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-      items.push_back({kv_index, h, kv_len, seqs, r0, std::min(rows, r0 + chunk)});
+      items.push_back({segs, n_segs, h, block, seqs, r0, std::min(rows, r0 + chunk)});
     }
   }
 }
@@ -242,7 +272,7 @@ void run_items(const Problem& pb, const std::vector<WorkItem>& items) {
     using T = decltype(tag);
     at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
       thread_local Workspace ws;
-      ws.reserve(max_rows, pb.dims.head_dim);
+      ws.reserve(max_rows, pb.head_dim);
       for (int64_t i = begin; i < end; ++i) run_item<T>(pb, items[i], ws);
     });
   });
@@ -265,6 +295,64 @@ std::vector<int64_t> read_lengths(
 
 at::Tensor last_dim_contiguous(const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
+// One prefix level as the CPU kernels read it: K/V with the last dim contiguous, and the
+// host copies of its lengths and of each sequence's prefix index.
+struct PrefixLevel {
+  at::Tensor k, v;
+  AttentionDims dims;
+  std::vector<int64_t> lens;           // [P]
+  std::vector<int64_t> seq_to_prefix;  // [B]
+};
+
+PrefixLevel read_prefix_level(
+    const char* op, const AttentionDims& d, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& kv_lens, const c10::optional<at::Tensor>& seq_to_prefix) {
+  PrefixLevel lvl{last_dim_contiguous(k), last_dim_contiguous(v), d,
+                  read_lengths(op, kv_lens, d.kv_batch, d.kv_len, "the padded prefix length"),
+                  std::vector<int64_t>(d.batch, 0)};
+  if (seq_to_prefix.has_value()) {
+    at::Tensor map = seq_to_prefix->to(at::kLong).contiguous();
+    const int64_t* p = map.data_ptr<int64_t>();
+    for (int64_t b = 0; b < d.batch; ++b) {
+      TORCH_CHECK_VALUE(
+          p[b] >= 0 && p[b] < d.kv_batch, op, ": seq_to_prefix[", b, "] = ", p[b], " is outside [0, ", d.kv_batch,
+          ") (the number of prefixes in k and v)");
+      lvl.seq_to_prefix[b] = p[b];
+    }
+  }
+  return lvl;
+}
+
+// Prefix attention of one level: the stacked rows of prefix p are all its sequences' queries.
+void run_prefix_level(const Problem& pb, const PrefixLevel& lvl) {
+  const AttentionDims& d = lvl.dims;
+  std::vector<std::vector<int64_t>> seqs(d.kv_batch);
+  for (int64_t b = 0; b < d.batch; ++b) seqs[lvl.seq_to_prefix[b]].push_back(b);
+  std::vector<KvSegment> segs;
+  for (int64_t p = 0; p < d.kv_batch; ++p) segs.push_back({&lvl.k, &lvl.v, p, lvl.lens[p], d.group(), false});
+  std::vector<WorkItem> items;
+  int64_t n_groups = 0;
+  for (int64_t p = 0; p < d.kv_batch; ++p) n_groups += seqs[p].empty() ? 0 : d.kv_heads;
+  for (int64_t p = 0; p < d.kv_batch; ++p) {
+    if (!seqs[p].empty()) add_items(items, &segs[p], 1, d.group(), seqs[p].data(), seqs[p].size(), pb, n_groups);
+  }
+  run_items(pb, items);
+}
+
+// One pass per sequence over its own list of segments (each list as long as the others).
+void run_per_sequence(const Problem& pb, int64_t batch, const std::vector<KvSegment>& segs, int64_t per_seq) {
+  int64_t block = 0;
+  for (const KvSegment& seg : segs) block = std::gcd(block, seg.group);
+  std::vector<int64_t> seq_ids(batch);
+  std::iota(seq_ids.begin(), seq_ids.end(), 0);
+  std::vector<WorkItem> items;
+  const int64_t n_groups = batch * (pb.q_heads / block);
+  for (int64_t b = 0; b < batch; ++b) {
+    add_items(items, segs.data() + b * per_seq, per_seq, block, &seq_ids[b], 1, pb, n_groups);
+  }
+  run_items(pb, items);
+}
+
 std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
     const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const c10::optional<at::Tensor>& kv_lens,
     const c10::optional<at::Tensor>& seq_to_prefix, c10::optional<double> scale,
@@ -273,32 +361,9 @@ std::tuple<at::Tensor, at::Tensor> prefix_attention_cpu(
   const AttentionDims d = check_prefix_args(q_in, k_in, v_in, kv_lens, seq_to_prefix);
   const float sc = static_cast<float>(resolve_scale(op, scale, d.head_dim));
   auto [out, lse] = allocate_outputs(op, q_in, out_dtype);
-  const at::Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
-  const std::vector<int64_t> lens = read_lengths(op, kv_lens, d.kv_batch, d.kv_len, "the padded prefix length");
-
-  // Bucket sequences by prefix: the stacked rows of prefix p are its sequences' queries.
-  std::vector<std::vector<int64_t>> seqs(d.kv_batch);
-  if (seq_to_prefix.has_value()) {
-    at::Tensor map = seq_to_prefix->to(at::kLong).contiguous();
-    const int64_t* p = map.data_ptr<int64_t>();
-    for (int64_t b = 0; b < d.batch; ++b) {
-      TORCH_CHECK_VALUE(
-          p[b] >= 0 && p[b] < d.kv_batch, op, ": seq_to_prefix[", b, "] = ", p[b], " is outside [0, ", d.kv_batch,
-          ") (the number of prefixes in k and v)");
-      seqs[p[b]].push_back(b);
-    }
-  } else if (d.kv_batch == 1) {
-    for (int64_t b = 0; b < d.batch; ++b) seqs[0].push_back(b);
-  }
-
-  Problem pb{d, false, sc, &q, &k, &v, &out, &lse};
-  std::vector<WorkItem> items;
-  int64_t n_groups = 0;
-  for (int64_t p = 0; p < d.kv_batch; ++p) n_groups += seqs[p].empty() ? 0 : d.kv_heads;
-  for (int64_t p = 0; p < d.kv_batch; ++p) {
-    if (!seqs[p].empty()) add_items(items, p, lens[p], seqs[p].data(), seqs[p].size(), pb, n_groups);
-  }
-  run_items(pb, items);
+  const at::Tensor q = last_dim_contiguous(q_in);
+  const PrefixLevel lvl = read_prefix_level(op, d, k_in, v_in, kv_lens, seq_to_prefix);
+  run_prefix_level(Problem{d.q_heads, d.q_len, d.head_dim, sc, &q, &out, &lse}, lvl);
   return {out, lse};
 }
 
@@ -311,13 +376,9 @@ std::tuple<at::Tensor, at::Tensor> suffix_attention_cpu(
   auto [out, lse] = allocate_outputs(op, q_in, out_dtype);
   const at::Tensor q = last_dim_contiguous(q_in), k = last_dim_contiguous(k_in), v = last_dim_contiguous(v_in);
   const std::vector<int64_t> lens = read_lengths(op, kv_lens, d.batch, d.kv_len, "the padded suffix length");
-
-  std::vector<int64_t> seq_ids(d.batch);
-  for (int64_t b = 0; b < d.batch; ++b) seq_ids[b] = b;
-  Problem pb{d, causal, sc, &q, &k, &v, &out, &lse};
-  std::vector<WorkItem> items;
-  for (int64_t b = 0; b < d.batch; ++b) add_items(items, b, lens[b], &seq_ids[b], 1, pb, d.batch * d.kv_heads);
-  run_items(pb, items);
+  std::vector<KvSegment> segs;
+  for (int64_t b = 0; b < d.batch; ++b) segs.push_back({&k, &v, b, lens[b], d.group(), causal});
+  run_per_sequence(Problem{d.q_heads, d.q_len, d.head_dim, sc, &q, &out, &lse}, d.batch, segs, 1);
   return {out, lse};
 }
 
@@ -391,9 +452,103 @@ std::tuple<at::Tensor, at::Tensor> merge_attention_cpu(
   return {out, lse};
 }
 
+// How hydragen_attention treats a shared level: HYDROGEN_SHARING=auto (default) asks the
+// cost model, always shares every level, never folds every level into the per-sequence pass.
+enum class Sharing { kAuto, kAlways, kNever };
+
+Sharing sharing_mode() {
+  const char* env = std::getenv("HYDROGEN_SHARING");
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return Sharing::kAuto;
+  if (std::strcmp(env, "always") == 0) return Sharing::kAlways;
+  if (std::strcmp(env, "never") == 0) return Sharing::kNever;
+  TORCH_CHECK_VALUE(false, "hydragen_attention: HYDROGEN_SHARING must be auto, always or never, got '", env, "'");
+}
+
+// The cost model, in bytes moved (decode attention is memory bound). Sharing a level
+// reads each used prefix once instead of once per sequence, but writes and merges one
+// more float32 partial result and costs one more pass (a fixed cost, counted as
+// kPassOverheadBytes). A level is shared when that is cheaper.
+constexpr int64_t kPassOverheadBytes = 128 * 1024;
+
+bool sharing_pays(const PrefixLevel& lvl, int64_t elem_size, Sharing mode) {
+  if (mode != Sharing::kAuto) return mode == Sharing::kAlways;
+  const AttentionDims& d = lvl.dims;
+  const int64_t key_bytes = 2 * d.kv_heads * d.head_dim * elem_size;  // one key and its value, every kv head
+  std::vector<bool> used(d.kv_batch, false);
+  int64_t per_sequence = 0, shared = 0;
+  for (int64_t b = 0; b < d.batch; ++b) {
+    const int64_t p = lvl.seq_to_prefix[b];
+    per_sequence += lvl.lens[p] * key_bytes;
+    if (!used[p]) shared += lvl.lens[p] * key_bytes;
+    used[p] = true;
+  }
+  const int64_t partial = 3 * d.batch * d.q_heads * d.q_len * (d.head_dim + 1) * 4;  // write, read back, merge
+  return shared + partial + kPassOverheadBytes < per_sequence;
+}
+
+std::tuple<at::Tensor, at::Tensor> hydragen_attention_cpu(
+    const at::Tensor& q_in, at::TensorList prefix_k, at::TensorList prefix_v,
+    const c10::List<c10::optional<at::Tensor>>& prefix_kv_lens,
+    const c10::List<c10::optional<at::Tensor>>& seq_to_prefix, const c10::optional<at::Tensor>& suffix_k,
+    const c10::optional<at::Tensor>& suffix_v, const c10::optional<at::Tensor>& suffix_kv_lens, bool causal,
+    c10::optional<double> scale, c10::optional<at::ScalarType> out_dtype) {
+  const char* op = "hydragen_attention";
+  check_hydragen_shapes(q_in, prefix_k, prefix_v, prefix_kv_lens, seq_to_prefix, suffix_k, suffix_v, suffix_kv_lens);
+  const at::Tensor q = last_dim_contiguous(q_in);
+  const int64_t B = q.size(0), Hq = q.size(1), Lq = q.size(2), D = q.size(3);
+  const float sc = static_cast<float>(resolve_scale(op, scale, D));
+  auto [out, lse] = allocate_outputs(op, q, out_dtype);
+
+  std::vector<PrefixLevel> levels;
+  for (size_t i = 0; i < prefix_k.size(); ++i) {
+    const AttentionDims d = check_prefix_args(q, prefix_k[i], prefix_v[i], prefix_kv_lens.get(i), seq_to_prefix.get(i));
+    levels.push_back(read_prefix_level(op, d, prefix_k[i], prefix_v[i], prefix_kv_lens.get(i), seq_to_prefix.get(i)));
+  }
+  const Sharing mode = sharing_mode();
+  std::vector<const PrefixLevel*> shared, folded;
+  for (const PrefixLevel& lvl : levels) (sharing_pays(lvl, q.element_size(), mode) ? shared : folded).push_back(&lvl);
+
+  // The per-sequence pass: the levels that are not shared, then the suffix, in key order.
+  at::Tensor sk, sv;
+  std::vector<int64_t> suffix_lens;
+  if (suffix_k.has_value()) {
+    const AttentionDims d = check_suffix_args(q, *suffix_k, *suffix_v, suffix_kv_lens);
+    sk = last_dim_contiguous(*suffix_k);
+    sv = last_dim_contiguous(*suffix_v);
+    suffix_lens = read_lengths(op, suffix_kv_lens, B, d.kv_len, "the padded suffix length");
+  }
+  const int64_t per_seq = static_cast<int64_t>(folded.size()) + (suffix_k.has_value() ? 1 : 0);
+  std::vector<KvSegment> segs;
+  for (int64_t b = 0; b < B && per_seq > 0; ++b) {
+    for (const PrefixLevel* lvl : folded) {
+      const int64_t p = lvl->seq_to_prefix[b];
+      segs.push_back({&lvl->k, &lvl->v, p, lvl->lens[p], lvl->dims.group(), false});
+    }
+    if (suffix_k.has_value()) segs.push_back({&sk, &sv, b, suffix_lens[b], Hq / sk.size(1), causal});
+  }
+
+  // One part is written straight into the output; several go through float32 partials
+  // and one merge, rounded once.
+  const size_t n_parts = shared.size() + (per_seq > 0 ? 1 : 0);
+  std::vector<at::Tensor> outs, lses;
+  auto part = [&]() -> Problem {
+    if (n_parts == 1) return Problem{Hq, Lq, D, sc, &q, &out, &lse};
+    outs.push_back(at::empty({B, Hq, Lq, D}, q.options().dtype(at::kFloat)));
+    lses.push_back(at::empty({B, Hq, Lq}, q.options().dtype(at::kFloat)));
+    return Problem{Hq, Lq, D, sc, &q, &outs.back(), &lses.back()};
+  };
+  outs.reserve(n_parts);  // Problems point into these vectors: no reallocation
+  lses.reserve(n_parts);
+  for (const PrefixLevel* lvl : shared) run_prefix_level(part(), *lvl);
+  if (per_seq > 0) run_per_sequence(part(), B, segs, per_seq);
+  if (n_parts > 1) merge_rows<float>(outs, lses, out, lse, B * Hq * Lq, D);
+  return {out, lse};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(hydrogen, CPU, m) {
+  m.impl("hydragen_attention", &hydragen_attention_cpu);
   m.impl("prefix_attention", &prefix_attention_cpu);
   m.impl("suffix_attention", &suffix_attention_cpu);
   m.impl("merge_attention", &merge_attention_cpu);

@@ -259,13 +259,13 @@ std::tuple<at::Tensor, at::Tensor> prefix_attention_cuda(
   const ElemType in_type = elem_type(q.scalar_type());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
-  if (in_type == ElemType::kF32) {  // SIMT path: reads the prefix once per sequence
+  const int D = static_cast<int>(d.head_dim);
+  if (!cuda::tensor_cores_fit(in_type, D)) {  // SIMT path (fp32, or too little shared memory)
     run_decode(p, in_type, d, out, lse, stream, op);
     return {out, lse};
   }
 
   // Tensor cores: the B * G * Lq rows of each kv head are stacked and tiled by kTcBlockM.
-  const int D = static_cast<int>(d.head_dim);
   const int64_t rows = d.batch * d.group() * d.q_len;
   const int64_t base_tiles = (rows + cuda::kTcBlockM - 1) / cuda::kTcBlockM;
   int64_t tiles = base_tiles;
@@ -313,12 +313,12 @@ std::tuple<at::Tensor, at::Tensor> suffix_attention_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   const int64_t rows_per_seq = d.group() * d.q_len;
-  if (in_type == ElemType::kF32 || rows_per_seq <= cuda::kDecodeRows) {
+  const int D = static_cast<int>(d.head_dim);
+  if (rows_per_seq <= cuda::kDecodeRows || !cuda::tensor_cores_fit(in_type, D)) {
     run_decode(p, in_type, d, out, lse, stream, op);
     return {out, lse};
   }
   // Many rows per sequence (suffix prefill / large GQA group): tensor-core tiles per sequence.
-  const int D = static_cast<int>(d.head_dim);
   p.mode = cuda::kModeSuffix;
   p.tiles_per_seq = (rows_per_seq + cuda::kTcBlockM - 1) / cuda::kTcBlockM;
   const int64_t tiles = d.batch * p.tiles_per_seq;
@@ -360,10 +360,32 @@ std::tuple<at::Tensor, at::Tensor> merge_attention_cuda(
   return {out, lse};
 }
 
+// Every level and the suffix into float32 partials, then one merge, rounded once.
+std::tuple<at::Tensor, at::Tensor> hydragen_attention_cuda(
+    const at::Tensor& q, at::TensorList prefix_k, at::TensorList prefix_v,
+    const c10::List<c10::optional<at::Tensor>>& prefix_kv_lens,
+    const c10::List<c10::optional<at::Tensor>>& seq_to_prefix, const c10::optional<at::Tensor>& suffix_k,
+    const c10::optional<at::Tensor>& suffix_v, const c10::optional<at::Tensor>& suffix_kv_lens, bool causal,
+    c10::optional<double> scale, c10::optional<at::ScalarType> out_dtype) {
+  check_hydragen_shapes(q, prefix_k, prefix_v, prefix_kv_lens, seq_to_prefix, suffix_k, suffix_v, suffix_kv_lens);
+  std::vector<at::Tensor> outs, lses;
+  auto add = [&](std::tuple<at::Tensor, at::Tensor> part) {
+    outs.push_back(std::get<0>(part));
+    lses.push_back(std::get<1>(part));
+  };
+  for (size_t i = 0; i < prefix_k.size(); ++i) {
+    add(prefix_attention_cuda(
+        q, prefix_k[i], prefix_v[i], prefix_kv_lens.get(i), seq_to_prefix.get(i), scale, at::kFloat));
+  }
+  if (suffix_k.has_value()) add(suffix_attention_cuda(q, *suffix_k, *suffix_v, suffix_kv_lens, causal, scale, at::kFloat));
+  return merge_attention_cuda(outs, lses, out_dtype.value_or(q.scalar_type()));
+}
+
 }  // namespace
 }  // namespace hydrogen
 
 TORCH_LIBRARY_IMPL(hydrogen, CUDA, m) {
+  m.impl("hydragen_attention", &hydrogen::hydragen_attention_cuda);
   m.impl("prefix_attention", &hydrogen::prefix_attention_cuda);
   m.impl("suffix_attention", &hydrogen::suffix_attention_cuda);
   m.impl("merge_attention", &hydrogen::merge_attention_cuda);

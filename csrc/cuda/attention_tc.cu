@@ -78,16 +78,21 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t* r, uint32_t addr) {
                : "r"(addr));
 }
 
+constexpr int tc_bn(int D) { return D <= 128 ? 64 : 32; }  // keys per block
+constexpr int tc_row_stride(int D) { return D + 8; }          // smem row stride (elements): +16 B, ldmatrix conflict-free
+// Dynamic shared memory: Q + 2 stages of K and V, 16-bit elements.
+constexpr size_t tc_smem_bytes(int D) { return static_cast<size_t>(kTcBlockM + 4 * tc_bn(D)) * tc_row_stride(D) * 2; }
+
 template <int D>
 struct TcCfg {
   static constexpr int kThreads = 128;
   static constexpr int BM = kTcBlockM;             // 4 warps x 16 rows
-  static constexpr int BN = D <= 128 ? 64 : 32;    // keys per block
-  static constexpr int SD = D + 8;                 // smem row stride (elements): +16 B, ldmatrix conflict-free
+  static constexpr int BN = tc_bn(D);
+  static constexpr int SD = tc_row_stride(D);
   static constexpr int CH = D / 8;                 // 16-byte chunks per row
   static constexpr int NT_S = BN / 8;              // n-tiles of S per warp
   static constexpr int NT_O = D / 8;               // n-tiles of O per warp
-  static constexpr size_t kSmem = static_cast<size_t>(BM + 4 * BN) * SD * 2;  // Q + 2 stages of K and V
+  static constexpr size_t kSmem = tc_smem_bytes(D);
   static_assert(D % 16 == 0, "head_dim must be a multiple of 16");
   static_assert(BM == 16 * (kThreads / 32), "one warp per 16 rows");
 };
@@ -461,7 +466,32 @@ cudaError_t launch_tc_dim(const AttnParams& p, int head_dim, int64_t tiles, int 
 
 }  // namespace
 
-int tc_block_n(int head_dim) { return head_dim <= 128 ? 64 : 32; }
+int tc_block_n(int head_dim) { return tc_bn(head_dim); }
+
+bool tensor_cores_fit(ElemType in_type, int head_dim) {
+  if (in_type == ElemType::kF32 || !head_dim_supported(head_dim)) return false;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) {
+    cudaGetLastError();
+    return false;
+  }
+  // Per device: the opt-in shared memory limit less the kernel's static shared memory
+  // (the same for every instantiation). Threads racing here compute the same value.
+  static int64_t room[64];
+  static bool asked[64] = {};
+  if (!asked[device]) {
+    cudaFuncAttributes attr;
+    int optin = 0;
+    if (cudaFuncGetAttributes(&attr, attention_tc_kernel<__nv_bfloat16, 64>) != cudaSuccess ||
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+      cudaGetLastError();  // do not leave the failed query for the next launch check to find
+      return false;
+    }
+    room[device] = static_cast<int64_t>(optin) - static_cast<int64_t>(attr.sharedSizeBytes);
+    asked[device] = true;
+  }
+  return static_cast<int64_t>(tc_smem_bytes(head_dim)) <= room[device];
+}
 
 cudaError_t launch_prefix_buckets(
     IndexRef seq_to_prefix, int64_t batch, int64_t num_prefix, int64_t rows_per_seq, int* ws, cudaStream_t stream) {
