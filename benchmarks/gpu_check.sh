@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One-shot GPU check, for a GPU machine with torch (CUDA build) preinstalled and no network:
 #   1. build the extension from this checkout (sm_90 unless TORCH_CUDA_ARCH_LIST is set);
-#   2. tests, in two lanes at once: the CUDA-strict files (tests/test_cuda.py, test_ops.py,
-#      test_nan_contract.py, test_api.py; any of them may be absent), and beside them
+#   2. tests, in two lanes at once: the CUDA-strict files (tests/test_cuda.py,
+#      test_hydragen_op.py, test_ops.py, test_nan_contract.py, test_api.py; any of them may
+#      be absent), and beside them
 #      compute-sanitizer memcheck and racecheck over benchmarks/sanitizer_cases.py (when the
 #      tool is installed) followed by the rest of the suite. Each step has its own time budget;
 #      a pytest step that runs out is interrupted (SIGINT) so that its JUnit XML is still written;
@@ -95,7 +96,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c 'import hydrogen_ops, torch; print("hydrogen_ops from", hydrogen_ops.__file__, "cuda:", torch.cuda.is_available())' 2>&1 | tee -a "$SUMMARY"
 
 # ---- 2. tests ----
-STRICT_FILES=(tests/test_cuda.py tests/test_ops.py tests/test_nan_contract.py tests/test_api.py)
+STRICT_FILES=(tests/test_cuda.py tests/test_hydragen_op.py tests/test_ops.py tests/test_nan_contract.py tests/test_api.py)
 strict=() absent=() ignore=()
 for f in "${STRICT_FILES[@]}"; do
   if [ -f "$f" ]; then strict+=("$f"); else absent+=("$f"); fi
