@@ -4,6 +4,7 @@
   python benchmarks/gpu_record.py launches --out launches.json     # on a GPU: launches per call
   python benchmarks/gpu_record.py assemble --results DIR --out gpu_check.json
   python benchmarks/gpu_record.py tests-ran JUNIT_OR_LOG...    # exit 0 if any test was executed
+  python benchmarks/gpu_record.py verify benchmarks/results/gpu_check.json  # the record ran these sources?
 
 `assemble` reads, from DIR: status.txt (key=value lines written by gpu_check.sh), the pytest
 JUnit XML files junit_<step>.xml (or, for a step cut off before pytest wrote its XML, the
@@ -560,6 +561,9 @@ def main(argv=None) -> int:
     p.add_argument("--results", required=True)
     p.add_argument("--root", default=ROOT)
     p.add_argument("--out", required=True)
+    p = sub.add_parser("verify", help="exit 0 if a record's csrc_sha256 is this checkout's")
+    p.add_argument("record")
+    p.add_argument("--root", default=ROOT)
     p = sub.add_parser("tests-ran", help="exit 0 if these JUnit XML files / pytest -v logs executed a test")
     p.add_argument("paths", nargs="+")
     args = ap.parse_args(argv)
@@ -578,6 +582,15 @@ def main(argv=None) -> int:
         record = assemble(args.results, args.root)
         write(args.out, record)
         print("\n".join(summary_lines(record)))
+    elif args.command == "verify":
+        with open(args.record) as f:
+            recorded = json.load(f).get("csrc_sha256")
+        here = csrc_sha256(args.root)
+        if recorded != here:
+            print(f"{args.record}: csrc_sha256 {recorded} is not this checkout's {here}: the CUDA sources "
+                  "changed since the GPU run")
+            return 1
+        print(f"{args.record}: csrc_sha256 matches this checkout")
     elif args.command == "tests-ran":
         n = executed_tests(args.paths)
         print(f"{n} tests executed")

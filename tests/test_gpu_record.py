@@ -437,6 +437,16 @@ def test_partial_record_fields(tmp_path):
     assert rec["never_slower"]["complete"] is False and "never_slower.complete" in rec["missing"]
 
 
+def test_verify_compares_the_record_hash_with_the_checkout(tmp_path, capsys):
+    _write(tmp_path / "src/csrc/cuda/k.cu", "kernel")
+    record = tmp_path / "gpu_check.json"
+    record.write_text(json.dumps({"csrc_sha256": gpu_record.csrc_sha256(str(tmp_path / "src"))}))
+    assert gpu_record.main(["verify", str(record), "--root", str(tmp_path / "src")]) == 0
+    _write(tmp_path / "src/csrc/cuda/k.cu", "kernel, edited after the run")
+    assert gpu_record.main(["verify", str(record), "--root", str(tmp_path / "src")]) == 1
+    assert "changed since the GPU run" in capsys.readouterr().out
+
+
 def test_record_json_has_no_nan(tmp_path):
     path = tmp_path / "r.json"
     gpu_record.write(str(path), {"a": float("nan"), "b": [float("inf"), 1.0]})
