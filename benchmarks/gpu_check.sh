@@ -130,13 +130,18 @@ run_pytest() {
   note "tests ($step): rc=$rc in $(( $(date +%s) - s0 )) s (limit ${t} s): $(tail -1 "$RESULTS/test_${step}_log.txt")"
 }
 
-# find_sanitizer: compute-sanitizer on PATH or in the CUDA toolkit, else nothing.
+# find_sanitizer: compute-sanitizer on PATH, in the CUDA toolkit or in the nvidia pip
+# packages next to torch, else nothing.
 find_sanitizer() {
-  local c
+  local c site
   for c in "$(command -v compute-sanitizer || true)" "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" \
       /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
     if [ -n "$c" ] && [ -x "$c" ]; then echo "$c"; return 0; fi
   done
+  site=$("$PY" -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))' 2> /dev/null || true)
+  if [ -n "$site" ] && [ -d "$site/nvidia" ]; then
+    find "$site/nvidia" -maxdepth 4 -name compute-sanitizer -type f -perm -u+x 2> /dev/null | head -1
+  fi
 }
 
 run_sanitizer() {
@@ -144,7 +149,7 @@ run_sanitizer() {
   san=$(find_sanitizer)
   if [ -z "$san" ]; then
     status sanitizer absent
-    status sanitizer_note "compute-sanitizer not found (PATH, CUDA_HOME/bin, /usr/local/cuda)"
+    status sanitizer_note "compute-sanitizer not found (PATH, CUDA_HOME/bin, /usr/local/cuda, nvidia pip packages)"
     note "compute-sanitizer: not found, skipped"
     return 0
   fi
@@ -160,7 +165,7 @@ run_sanitizer() {
     rc=0
     s0=$(date +%s)
     # no caching allocator: every tensor is its own allocation, so memcheck sees overruns
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout -k 10 "$t" "$san" --tool "$tool" --print-limit 20 \
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout -k 10 "$t" "$san" --tool "$tool" \
       "$PY" benchmarks/sanitizer_cases.py > "$RESULTS/sanitizer_${tool}_log.txt" 2>&1 || rc=$?
     status "sanitizer_${tool}_rc" "$rc"
     status "sanitizer_${tool}_s" "$(( $(date +%s) - s0 ))"
