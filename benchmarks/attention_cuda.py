@@ -10,6 +10,9 @@ Decode, bf16, Hq = 32, Hkv in {8, 32}, D = 128, suffix 128 tokens per sequence,
   * flash-hyd:   aten._scaled_dot_product_flash_attention used Hydragen-style (all queries
                  of a kv head stacked against the prefix, per-sequence suffix), merged with
                  hydrogen_ops.merge_attention.
+Then the suffix op alone at batch 256 and 1024, suffix 128, 512 and 1024 tokens (GB/s
+against the device-to-device copy). The JSON is rewritten after every row, so a run that is
+cut off keeps what it measured.
 Usage: python benchmarks/attention_cuda.py [--quick] [--out results.json]
 """
 
@@ -28,6 +31,8 @@ from common import median_seconds  # noqa: E402
 
 HQ, D, SUFFIX = 32, 128, 128
 ROWS = [(64, 2048), (256, 4096), (1024, 16384)]
+SUFFIX_GRID = [(hkv, B, s) for hkv in (8, 32) for B in (256, 1024) for s in (128, 512, 1024)]
+SUFFIX_GRID_QUICK = [(8, 256, 128), (8, 256, 1024)]
 
 
 def time_ms(fn, warmup, repeats):
@@ -46,6 +51,23 @@ def copy_gbps(nbytes, warmup, repeats):
     dst = torch.empty_like(src)
     ms = time_ms(lambda: dst.copy_(src), warmup, repeats)
     return 2 * nbytes / (ms * 1e-3) / 1e9  # read + write
+
+
+def suffix_bytes(q, ks):
+    """HBM bytes one decode suffix call must move: K and V, q, the float32 out and lse."""
+    B, hq, lq, d = q.shape
+    return 2 * ks.numel() * ks.element_size() + q.numel() * q.element_size() + B * hq * lq * (d * 4 + 4)
+
+
+def bench_suffix(B, suffix, hkv, warmup, repeats):
+    """The suffix op alone: a memory-bound read of every sequence's own K/V."""
+    dt = torch.bfloat16
+    q = torch.randn(B, HQ, 1, D, device="cuda", dtype=dt)
+    ks = torch.randn(B, hkv, suffix, D, device="cuda", dtype=dt)
+    vs = torch.randn(B, hkv, suffix, D, device="cuda", dtype=dt)
+    ms = time_ms(lambda: hydrogen_ops.suffix_attention(q, ks, vs, out_dtype=torch.float32), warmup, repeats)
+    return {"batch": B, "suffix": suffix, "q_heads": HQ, "kv_heads": hkv, "head_dim": D, "suffix_ms": ms,
+            "suffix_gbps": suffix_bytes(q, ks) / (ms * 1e-3) / 1e9}
 
 
 def flash_lse(q, k, v):
@@ -71,8 +93,7 @@ def bench_row(B, prefix, hkv, warmup, repeats):
     row["suffix_ms"] = time_ms(
         lambda: hydrogen_ops.suffix_attention(q, ks, vs, out_dtype=torch.float32), warmup, repeats)
     row["prefix_tflops"] = 4 * B * HQ * prefix * D / (row["prefix_ms"] * 1e-3) / 1e12
-    suffix_bytes = 2 * ks.numel() * ks.element_size() + q.numel() * 2 + B * HQ * D * 4 + B * HQ * 4
-    row["suffix_gbps"] = suffix_bytes / (row["suffix_ms"] * 1e-3) / 1e9
+    row["suffix_gbps"] = suffix_bytes(q, ks) / (row["suffix_ms"] * 1e-3) / 1e9
 
     # (a) SDPA over the concatenated per-sequence KV.
     need = 2 * B * hkv * (prefix + SUFFIX) * D * 2
@@ -144,18 +165,33 @@ def main(argv=None):
     mm_n = 4096 if args.quick else 8192
     peak_tflops = mm_tflops(mm_n, warmup, repeats)
     peak_gbps = copy_gbps(1 << 30, warmup, repeats)
-    results = []
+    dev = torch.cuda.get_device_name()
+    results, suffix_results = [], []
+
+    def save(complete):
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"device": dev, "torch": torch.__version__, "mm_tflops": peak_tflops, "mm_n": mm_n,
+                           "copy_gbps": peak_gbps, "quick": args.quick, "complete": complete, "rows": results,
+                           "suffix_rows": suffix_results}, f, indent=2)
+
+    def measure(into, fn, *key):
+        try:
+            r = fn(*key, warmup, repeats)
+        except Exception as e:  # noqa: BLE001  (one failing row must not lose the others)
+            r = {"key": list(key), "error": f"{type(e).__name__}: {e}"[:300]}
+        into.append(r)
+        torch.cuda.empty_cache()
+        print(json.dumps(r), file=sys.stderr)
+        save(complete=False)
+
     for hkv in (8, 32):
         for B, prefix in rows:
-            try:
-                r = bench_row(B, prefix, hkv, warmup, repeats)
-            except Exception as e:  # noqa: BLE001
-                r = {"batch": B, "prefix": prefix, "kv_heads": hkv, "error": f"{type(e).__name__}: {e}"[:300]}
-            results.append(r)
-            torch.cuda.empty_cache()
-            print(json.dumps(r), file=sys.stderr)
+            measure(results, bench_row, B, prefix, hkv)
+    suffix_grid = SUFFIX_GRID_QUICK if args.quick else SUFFIX_GRID
+    for hkv, B, suffix in suffix_grid:
+        measure(suffix_results, bench_suffix, B, suffix, hkv)
 
-    dev = torch.cuda.get_device_name()
     print(f"\n## Hydragen decode attention, {dev}, torch {torch.__version__}, bf16, Hq={HQ}, D={D}, suffix={SUFFIX}\n")
     print(f"bf16 torch.mm {mm_n}^3: {peak_tflops:.1f} TFLOP/s; device copy: {peak_gbps:.0f} GB/s (read+write)\n")
     print("| Hkv | B | prefix | ours ms | prefix ms | prefix TFLOP/s (% mm) | suffix ms | suffix GB/s (% copy) "
@@ -163,7 +199,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
-            print(f"| {r['kv_heads']} | {r['batch']} | {r['prefix']} | error: {r['error'][:80]} |||||||||")
+            print(f"| {' | '.join(map(str, r['key']))} | error: {r['error'][:80]} |||||||||")
             continue
         sd, fh, o = r.get("sdpa_ms"), r.get("flash_hyd_ms"), r["ours_ms"]
         print(
@@ -172,12 +208,17 @@ def main(argv=None):
             f"{r['suffix_gbps']:.0f} ({100 * r['suffix_gbps'] / peak_gbps:.0f}%) | "
             f"{fmt(sd) if sd is not None else r.get('sdpa_note', 'n/a')} | {fmt(fh) if fh is not None else r.get('flash_hyd_note', 'n/a')} | "
             f"{fmt(sd / o if sd else None, '.1f')} | {fmt(fh / o if fh else None, '.1f')} |")
+    print("\n| Hkv | B | suffix | suffix ms | suffix GB/s (% copy) |\n|---|---|---|---|---|")
+    for r in suffix_results:
+        if "error" in r:
+            print(f"| {' | '.join(map(str, r['key']))} | error: {r['error'][:80]} | |")
+            continue
+        print(f"| {r['kv_heads']} | {r['batch']} | {r['suffix']} | {r['suffix_ms']:.3f} | "
+              f"{r['suffix_gbps']:.0f} ({100 * r['suffix_gbps'] / peak_gbps:.0f}%) |")
+    save(complete=True)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": dev, "torch": torch.__version__, "mm_tflops": peak_tflops, "mm_n": mm_n,
-                       "copy_gbps": peak_gbps, "quick": args.quick, "rows": results}, f, indent=2)
         print(f"\nwrote {args.out}")
-    return 0
+    return 1 if any("error" in r for r in results + suffix_results) else 0
 
 
 if __name__ == "__main__":

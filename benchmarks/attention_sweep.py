@@ -91,10 +91,11 @@ def flex_shared_prefix(q, kp, vp, ks, vs):
 
 
 def make_inputs(batch, heads, kv_heads, head_dim, prefix, suffix, device, dtype, seed=0):
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    # drawn on the device itself: the largest CUDA rows hold gigabytes, slow to draw on a CPU
+    g = torch.Generator(device=device).manual_seed(seed)
 
     def rnd(*shape):
-        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+        return torch.randn(*shape, generator=g, device=device).to(dtype)
 
     q = rnd(batch, heads, 1, head_dim)
     kp, vp = rnd(1, kv_heads, prefix, head_dim), rnd(1, kv_heads, prefix, head_dim)
@@ -205,13 +206,14 @@ def table_rows(rows):
     out = []
     for r in rows:
         t = {k: r[k] for k in ("batch", "prefix")}
-        t["hydrogen ms"] = r["hydrogen_ms"]
+        t["hydrogen ms"] = r.get("hydrogen_ms", r.get("error", "n/a"))
         t["SDPA ms"] = r.get("sdpa_ms", r.get("sdpa_note", "n/a"))
         t["flex ms"] = r.get("flex_ms", r.get("flex_note", "n/a"))
         t["composed ms"] = r.get("torch_composed_ms", "n/a")
         t["x SDPA"] = r.get("speedup_vs_sdpa", "n/a")
         t["x flex"] = r.get("speedup_vs_flex", "n/a")
-        t["KV MB expanded / shared"] = f"{r['kv_bytes_expanded'] / 1e6:.0f} / {r['kv_bytes_shared'] / 1e6:.0f}"
+        if "kv_bytes_expanded" in r:
+            t["KV MB expanded / shared"] = f"{r['kv_bytes_expanded'] / 1e6:.0f} / {r['kv_bytes_shared'] / 1e6:.0f}"
         out.append(t)
     return out
 
@@ -258,6 +260,8 @@ def main(argv=None):
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--flex", action=argparse.BooleanOptionalAction, default=None,
                     help="time FlexAttention (torch.compile; default: on in full mode, off with --quick)")
+    ap.add_argument("--composed", action=argparse.BooleanOptionalAction, default=True,
+                    help="time Hydragen composed from stock torch ops (default: on)")
     ap.add_argument("--kv-limit-gb", type=float, default=None, help="memory guard for the expanded KV (default 8 on CPU)")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/attention_sweep_<device>[_quick].json)")
     ap.add_argument("--plot", default=None, help="PNG path (default next to the JSON)")
@@ -285,15 +289,29 @@ def main(argv=None):
 
     rows = []
     grid = [(b, p) for p in prefixes for b in batches]
+    desc = (f"decode, {str(dtype).replace('torch.', '')}, {args.heads} q heads / {args.kv_heads} KV heads, "
+            f"head_dim {args.head_dim}, suffix {args.suffix}")
+    command = "python benchmarks/attention_sweep.py " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    def payload(complete):
+        return {"benchmark": "attention_sweep", "device": args.device, "quick": args.quick, "command": command,
+                "machine": machine_info(args.device), "config": desc, "complete": complete,
+                "rows_planned": len(grid), "headline": headline(rows), "results": rows}
+
     with torch.inference_mode():
         for b, p in progress(grid, desc=f"attention sweep ({args.device})", unit="row"):
-            rows.append(run(b, args.heads, args.kv_heads, args.head_dim, p, args.suffix, repeats=repeats,
-                            warmup=warmup, device=args.device, dtype=dtype, flex=flex,
-                            kv_limit_bytes=kv_limit, budget_s=budget))
+            try:
+                rows.append(run(b, args.heads, args.kv_heads, args.head_dim, p, args.suffix, repeats=repeats,
+                                warmup=warmup, device=args.device, dtype=dtype, flex=flex, composed=args.composed,
+                                kv_limit_bytes=kv_limit, budget_s=budget))
+            except Exception as e:  # noqa: BLE001  (one failing row must not lose the others)
+                rows.append({"batch": b, "prefix": p, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+            # rows written so far survive a run that is cut off
+            write_json(out, payload(complete=False))
     info = machine_info(args.device)
     head = headline(rows)
-    desc = (f"decode, {rows[0]['dtype']}, {args.heads} q heads / {args.kv_heads} KV heads, head_dim {args.head_dim}, "
-            f"suffix {args.suffix}")
     where = info.get("gpu") or f"{info['processor']}, {info['threads']} threads"
     print(f"\n## Hydrogen vs SDPA on expanded KV ({desc})\n{where}, torch {info['torch']}, {info['date']}\n")
     print(markdown_table(table_rows(rows), TABLE_COLUMNS))
@@ -308,11 +326,12 @@ def main(argv=None):
                   f"smallest winning batch per prefix: {head['crossover_batch_by_prefix']}")
     title = f"Hydrogen decode speedup, {where}\n{desc}"
     plot(rows, png, title)
-    write_json(out, {"benchmark": "attention_sweep", "device": args.device, "quick": args.quick,
-                     "command": "python benchmarks/attention_sweep.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                     "machine": info, "config": desc, "headline": head, "results": rows})
+    write_json(out, payload(complete=True))
     print(f"\nwrote {out} and {png}")
-    return 0
+    errors = [r for r in rows if "error" in r]
+    for r in errors:
+        print(f"error at batch {r['batch']}, prefix {r['prefix']}: {r['error']}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
