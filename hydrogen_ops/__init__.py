@@ -15,6 +15,7 @@ _build = _build_compat.load_extension()
 if _build is not None:
     __version__ = f"{__version__}+{_build.tag}"
 
+from hydrogen_ops import ops  # noqa: E402
 from hydrogen_ops.ops import (  # noqa: E402
     hydragen_attention,
     merge_attention,
@@ -24,11 +25,4 @@ from hydrogen_ops.ops import (  # noqa: E402
     suffix_attention,
 )
 
-__all__ = [
-    "prefix_attention",
-    "suffix_attention",
-    "merge_attention",
-    "hydragen_attention",
-    "paged_prefix_attention",
-    "paged_suffix_attention",
-]
+__all__ = list(ops.__all__)

@@ -11,6 +11,15 @@ import torch
 
 from hydrogen_ops import _C  # noqa: F401  (loads the library that registers torch.ops.hydrogen)
 
+__all__ = [
+    "prefix_attention",
+    "suffix_attention",
+    "merge_attention",
+    "hydragen_attention",
+    "paged_prefix_attention",
+    "paged_suffix_attention",
+]
+
 Tensor = torch.Tensor
 PrefixLevel = Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]
 SuffixSegment = Tuple[Tensor, Tensor, Optional[Tensor]]
@@ -180,12 +189,5 @@ def _no_context(ctx, inputs, output):
     return None
 
 
-for _name in (
-    "prefix_attention",
-    "suffix_attention",
-    "merge_attention",
-    "hydragen_attention",
-    "paged_prefix_attention",
-    "paged_suffix_attention",
-):
+for _name in __all__:  # every public wrapper is named after its op
     torch.library.register_autograd(f"hydrogen::{_name}", _inference_only, setup_context=_no_context)
