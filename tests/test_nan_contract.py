@@ -115,3 +115,18 @@ def test_merge_huge_finite_lse(big, device):
     torch.testing.assert_close(out[0, 0, 1], a[0, 0, 1])
     # log(2) is below float32's resolution at 3e38: the merged lse is the input's.
     assert torch.isfinite(lse).all() and torch.allclose(lse, torch.full_like(lse, big))
+
+
+@pytest.mark.parametrize("B", [1, 9])  # few-rows and stacked kernels
+def test_row_that_sees_no_key_is_zero_even_beside_nan_values(B, device):
+    """Causal with more queries than keys: query 0 sees no key while its tile loads the
+    keys of the later queries. Its output is 0 and its lse -inf exactly, whatever those
+    values hold (0 * NaN would be NaN)."""
+    torch.manual_seed(0)
+    q = torch.randn(B, 4, 3, 64, device=device)
+    k = torch.randn(B, 2, 2, 64, device=device)
+    v = torch.randn(B, 2, 2, 64, device=device)
+    v[:, :, 1] = NAN  # seen by query 2 only
+    out, lse = H.suffix_attention(q, k, v)
+    assert torch.all(out[:, :, 0] == 0) and torch.isneginf(lse[:, :, 0]).all()
+    assert torch.isnan(out[:, :, 2]).all() and torch.isfinite(lse[:, :, 1:]).all()

@@ -121,9 +121,15 @@ float to_float(T x) {
   return static_cast<float>(x);
 }
 
+// dst = src * mul; mul == 0 marks a row that saw no key and writes exact zeros, whatever
+// src holds (0 * a NaN value of a key loaded for other rows of the tile is NaN).
 template <typename T>
 void store_row(void* base, int64_t offset, const float* src, float mul, int64_t n) {
   T* dst = static_cast<T*>(base) + offset;
+  if (mul == 0.0f) {
+    std::fill(dst, dst + n, T(0));
+    return;
+  }
   for (int64_t d = 0; d < n; ++d) dst[d] = static_cast<T>(src[d] * mul);
 }
 

@@ -65,16 +65,23 @@ IndexRef index_ref(const c10::optional<at::Tensor>& t, at::Tensor& keep) {
   return r;
 }
 
-void check_cuda_shapes(const char* op, const AttentionDims& d) {
+void check_cuda_head_dim(const char* op, int64_t head_dim) {
   TORCH_CHECK_VALUE(
-      d.head_dim <= INT_MAX && cuda::head_dim_supported(static_cast<int>(d.head_dim)), op, ": head_dim ", d.head_dim,
+      head_dim <= INT_MAX && cuda::head_dim_supported(static_cast<int>(head_dim)), op, ": head_dim ", head_dim,
       " is not supported on CUDA (supported head_dim: 32, 64, 80, 96, 128, 256)");
+}
+
+void check_cuda_shapes(const char* op, const AttentionDims& d) {
+  check_cuda_head_dim(op, d.head_dim);
   TORCH_CHECK_VALUE(
       d.q_heads <= 65535 && d.kv_heads <= 65535, op, ": at most 65535 heads are supported on CUDA, got q_heads ",
       d.q_heads, " and kv_heads ", d.kv_heads);
   TORCH_CHECK_VALUE(
       d.q_len < (int64_t{1} << 30) && d.kv_len < (int64_t{1} << 30), op,
       ": q_len and kv_len must be below 2^30 on CUDA, got ", d.q_len, " and ", d.kv_len);
+  TORCH_CHECK_VALUE(
+      d.group() * d.q_len <= INT_MAX, op, ": (q_heads / kv_heads) * q_len must fit in 32 bits on CUDA, got ",
+      d.group(), " * ", d.q_len);
 }
 
 void fill_qkv(AttnParams& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
@@ -211,17 +218,28 @@ void run_attention(
   merge_segments(segs, ElemType::kF32, D % 8 == 0, out, lse, stream);
 }
 
-// Streaming multiprocessors of the current device (cached per device; no synchronisation).
-int num_sms() {
-  static int cached[64] = {};
+// A positive attribute of the current device, cached per device in `cache` (no
+// synchronisation; racing threads store the same value).
+int device_attribute(cudaDeviceAttr attr, int (&cache)[64]) {
   int dev = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev >= 0 && dev < 64 && cached[dev] > 0) return cached[dev];
+  if (dev >= 0 && dev < 64 && cache[dev] > 0) return cache[dev];
   int n = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, attr, dev));
   n = n > 0 ? n : 1;
-  if (dev >= 0 && dev < 64) cached[dev] = n;
+  if (dev >= 0 && dev < 64) cache[dev] = n;
   return n;
+}
+
+int num_sms() {
+  static int cache[64] = {};
+  return device_attribute(cudaDevAttrMultiProcessorCount, cache);
+}
+
+// Whether the tensor-core kernel serves this dtype and head dim on the current device.
+bool use_tensor_cores(ElemType in_type, int head_dim) {
+  static int cache[64] = {};
+  return cuda::tensor_cores_fit(in_type, head_dim, device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, cache));
 }
 
 void run_decode(
@@ -260,7 +278,7 @@ std::tuple<at::Tensor, at::Tensor> prefix_attention_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   const int D = static_cast<int>(d.head_dim);
-  if (!cuda::tensor_cores_fit(in_type, D)) {  // SIMT path (fp32, or too little shared memory)
+  if (!use_tensor_cores(in_type, D)) {  // SIMT path (fp32, or too little shared memory)
     run_decode(p, in_type, d, out, lse, stream, op);
     return {out, lse};
   }
@@ -314,7 +332,7 @@ std::tuple<at::Tensor, at::Tensor> suffix_attention_cuda(
 
   const int64_t rows_per_seq = d.group() * d.q_len;
   const int D = static_cast<int>(d.head_dim);
-  if (rows_per_seq <= cuda::kDecodeRows || !cuda::tensor_cores_fit(in_type, D)) {
+  if (rows_per_seq <= cuda::kDecodeRows || !use_tensor_cores(in_type, D)) {
     run_decode(p, in_type, d, out, lse, stream, op);
     return {out, lse};
   }
@@ -362,12 +380,18 @@ std::tuple<at::Tensor, at::Tensor> merge_attention_cuda(
 
 // Every level and the suffix into float32 partials, then one merge, rounded once.
 std::tuple<at::Tensor, at::Tensor> hydragen_attention_cuda(
-    const at::Tensor& q, at::TensorList prefix_k, at::TensorList prefix_v,
+    const at::Tensor& q_in, at::TensorList prefix_k, at::TensorList prefix_v,
     const c10::List<c10::optional<at::Tensor>>& prefix_kv_lens,
     const c10::List<c10::optional<at::Tensor>>& seq_to_prefix, const c10::optional<at::Tensor>& suffix_k,
     const c10::optional<at::Tensor>& suffix_v, const c10::optional<at::Tensor>& suffix_kv_lens, bool causal,
     c10::optional<double> scale, c10::optional<at::ScalarType> out_dtype) {
-  check_hydragen_shapes(q, prefix_k, prefix_v, prefix_kv_lens, seq_to_prefix, suffix_k, suffix_v, suffix_kv_lens);
+  const char* op = "hydragen_attention";
+  check_hydragen_shapes(q_in, prefix_k, prefix_v, prefix_kv_lens, seq_to_prefix, suffix_k, suffix_v, suffix_kv_lens);
+  check_scale(op, scale);
+  const at::ScalarType odt = resolve_out_dtype(op, out_dtype, q_in.scalar_type());
+  check_cuda_head_dim(op, q_in.size(3));
+  c10::cuda::CUDAGuard guard(q_in.device());
+  const at::Tensor q = kernel_ready(q_in);  // once for every level
   std::vector<at::Tensor> outs, lses;
   auto add = [&](std::tuple<at::Tensor, at::Tensor> part) {
     outs.push_back(std::get<0>(part));
@@ -378,13 +402,35 @@ std::tuple<at::Tensor, at::Tensor> hydragen_attention_cuda(
         q, prefix_k[i], prefix_v[i], prefix_kv_lens.get(i), seq_to_prefix.get(i), scale, at::kFloat));
   }
   if (suffix_k.has_value()) add(suffix_attention_cuda(q, *suffix_k, *suffix_v, suffix_kv_lens, causal, scale, at::kFloat));
-  return merge_attention_cuda(outs, lses, out_dtype.value_or(q.scalar_type()));
+  return merge_attention_cuda(outs, lses, odt);
+}
+
+// The CUDA kernels read contiguous K/V only: say so, instead of the dispatcher's
+// "could not run ... with arguments from the CUDA backend".
+[[noreturn]] void paged_not_on_cuda(const char* op) {
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      false, op, ": paged K/V is read by the CPU kernels only; on CUDA, gather the pages into "
+      "[n, kv_heads, kv_len, head_dim] tensors and call the dense op");
+}
+
+std::tuple<at::Tensor, at::Tensor> paged_prefix_attention_cuda(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const c10::optional<at::Tensor>&, c10::optional<double>, c10::optional<at::ScalarType>) {
+  paged_not_on_cuda("paged_prefix_attention");
+}
+
+std::tuple<at::Tensor, at::Tensor> paged_suffix_attention_cuda(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool,
+    c10::optional<double>, c10::optional<at::ScalarType>) {
+  paged_not_on_cuda("paged_suffix_attention");
 }
 
 }  // namespace
 }  // namespace hydrogen
 
 TORCH_LIBRARY_IMPL(hydrogen, CUDA, m) {
+  m.impl("paged_prefix_attention", &hydrogen::paged_prefix_attention_cuda);
+  m.impl("paged_suffix_attention", &hydrogen::paged_suffix_attention_cuda);
   m.impl("hydragen_attention", &hydrogen::hydragen_attention_cuda);
   m.impl("prefix_attention", &hydrogen::prefix_attention_cuda);
   m.impl("suffix_attention", &hydrogen::suffix_attention_cuda);

@@ -291,7 +291,7 @@ __global__ void __launch_bounds__(128) attention_decode_kernel(const AttnParams 
         const float inv = row_reciprocal(l);
         float f[8];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) f[e] = acc[k][e] * inv;
+        for (int e = 0; e < 8; ++e) f[e] = normalized(acc[k][e], l, inv);
         const int64_t orow = row_out(r);
         store8(p.out, p.out_type, split * p.out_split_stride + orow * D + ch * 8, f);
         if (ch == 0) p.lse[split * p.lse_split_stride + orow] = finish_lse(s_m[r], l);

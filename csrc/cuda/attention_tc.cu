@@ -363,7 +363,8 @@ __global__ void __launch_bounds__(128) attention_tc_kernel(const AttnParams p) {
     const int64_t obase = split * p.out_split_stride + orow * D + (lane & 3) * 2;
 #pragma unroll
     for (int dt = 0; dt < C::NT_O; ++dt) {
-      store2(p.out, p.out_type, obase + dt * 8, acc_o[dt][2 * h] * inv, acc_o[dt][2 * h + 1] * inv);
+      store2(p.out, p.out_type, obase + dt * 8, normalized(acc_o[dt][2 * h], l_r[h], inv),
+             normalized(acc_o[dt][2 * h + 1], l_r[h], inv));
     }
     if ((lane & 3) == 0) p.lse[split * p.lse_split_stride + orow] = finish_lse(m_r[h], l_r[h]);
   }
@@ -468,29 +469,19 @@ cudaError_t launch_tc_dim(const AttnParams& p, int head_dim, int64_t tiles, int 
 
 int tc_block_n(int head_dim) { return tc_bn(head_dim); }
 
-bool tensor_cores_fit(ElemType in_type, int head_dim) {
+bool tensor_cores_fit(ElemType in_type, int head_dim, int64_t smem_optin_bytes) {
   if (in_type == ElemType::kF32 || !head_dim_supported(head_dim)) return false;
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) {
-    cudaGetLastError();
-    return false;
-  }
-  // Per device: the opt-in shared memory limit less the kernel's static shared memory
-  // (the same for every instantiation). Threads racing here compute the same value.
-  static int64_t room[64];
-  static bool asked[64] = {};
-  if (!asked[device]) {
+  // The kernel's static shared memory, the same for every instantiation and device: asked
+  // once (thread-safe static initialisation); a failed query leaves only its own error.
+  static const int64_t static_bytes = [] {
     cudaFuncAttributes attr;
-    int optin = 0;
-    if (cudaFuncGetAttributes(&attr, attention_tc_kernel<__nv_bfloat16, 64>) != cudaSuccess ||
-        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
-      cudaGetLastError();  // do not leave the failed query for the next launch check to find
-      return false;
+    if (cudaFuncGetAttributes(&attr, attention_tc_kernel<__nv_bfloat16, 64>) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return int64_t{-1};
     }
-    room[device] = static_cast<int64_t>(optin) - static_cast<int64_t>(attr.sharedSizeBytes);
-    asked[device] = true;
-  }
-  return static_cast<int64_t>(tc_smem_bytes(head_dim)) <= room[device];
+    return static_cast<int64_t>(attr.sharedSizeBytes);
+  }();
+  return static_bytes >= 0 && static_bytes + static_cast<int64_t>(tc_smem_bytes(head_dim)) <= smem_optin_bytes;
 }
 
 cudaError_t launch_prefix_buckets(

@@ -143,9 +143,13 @@ __device__ __forceinline__ float finish_lse(float m, float l) {
   return l == 0.f ? -INFINITY : (m + log2f(l)) * kLn2;  // a NaN sum stays NaN: NaN in, NaN out
 }
 
-// 1/l for the normalisation of an output row: 0 for a row that saw no key (l == 0), NaN
-// for a row whose scores held a NaN (l is NaN), so that the NaN reaches the output.
+// 1/l for the normalisation of an output row; NaN for a row whose scores held a NaN (l
+// is NaN), so that the NaN reaches the output.
 __device__ __forceinline__ float row_reciprocal(float l) { return l == 0.f ? 0.f : 1.f / l; }
+
+// An output element of a row with sum l: exactly 0 for a row that saw no key, whatever
+// its accumulator holds (0 * a NaN value of a key loaded for other rows is NaN).
+__device__ __forceinline__ float normalized(float acc, float l, float inv) { return l == 0.f ? 0.f : acc * inv; }
 
 // Sets the dynamic shared memory limit of a kernel once per device.
 template <typename Kernel>

@@ -100,10 +100,10 @@ bool head_dim_supported(int head_dim);
 
 // Key-block size of each kernel (the launcher rounds keys_per_split to it).
 int tc_block_n(int head_dim);
-// Whether the tensor-core kernel runs for this input type and head dim on the current
-// device (16-bit inputs, and its shared memory fits the device); else the launcher takes
-// the SIMT decode kernel, which needs less.
-bool tensor_cores_fit(ElemType in_type, int head_dim);
+// Whether the tensor-core kernel runs for this input type and head dim on a device that
+// gives a block smem_optin_bytes of shared memory (16-bit inputs, and its static plus
+// dynamic shared memory fit); else the launcher takes the SIMT decode kernel, which needs less.
+bool tensor_cores_fit(ElemType in_type, int head_dim, int64_t smem_optin_bytes);
 int decode_block_n(ElemType t, int head_dim);
 
 // Groups the B sequences by prefix (counting sort on the device). ws holds
