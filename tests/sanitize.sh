@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the CPU extension with AddressSanitizer and UndefinedBehaviorSanitizer in a
 # separate copy of the sources (build/sanitize/, so the normal in-place build is left
-# alone), then runs under them: the CPU op tests, the threads test, a fuzz sample of the
-# core group over every CPU ISA variant, and the NaN-contract group (run for memory errors
-# only: its results are checked by tests/fuzz/test_fuzz.py).
+# alone), then runs under them: the CPU op tests, the API tests but torch.compile (bad
+# input, opcheck, merge properties), the threads test, a fuzz sample of the core group over
+# every CPU ISA variant, and the NaN-contract group (run for memory errors only: its
+# results are checked by tests/fuzz/test_fuzz.py).
 #
 #   tests/sanitize.sh                 # about 3 minutes to build on 2 cores, then the runs
 #   PYTHON=/path/to/python FUZZ_CASES=2000 tests/sanitize.sh
@@ -53,8 +54,8 @@ export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"
 cd "$SRC"
 "$PY" -c "import hydrogen_ops, sys; f = hydrogen_ops.__file__; print('hydrogen_ops from', f); sys.exit(not f.startswith('$SRC'))"
 
-echo "==> op tests and threads test under ASan + UBSan"
-"$PY" -m pytest tests/test_ops.py tests/test_threads.py -q -rs -p no:cacheprovider
+echo "==> op, API and threads tests under ASan + UBSan"
+"$PY" -m pytest tests/test_ops.py tests/test_api.py tests/test_threads.py -k "not torch_compile" -q -p no:cacheprovider
 echo "==> fuzz, core group: $FUZZ_CASES cases over every CPU ISA variant"
 "$PY" tests/fuzz/run_fuzz.py --group core --cases "$FUZZ_CASES"
 echo "==> fuzz, NaN-contract group: $CONTRACT_CASES cases (memory errors only)"
