@@ -46,6 +46,13 @@ fi
 
 LIBASAN="$("$CXX" -print-file-name=libasan.so)"
 LIBSTDCXX="$("$CXX" -print-file-name=libstdc++.so)"
+for lib in "$LIBASAN" "$LIBSTDCXX"; do
+  # -print-file-name echoes the bare name when the compiler does not have the library.
+  if [ ! -e "$lib" ]; then
+    echo "$CXX has no $lib: install its sanitizer runtime (e.g. libasan8 for GCC 12) or set CXX"
+    exit 1
+  fi
+done
 export LD_PRELOAD="$LIBASAN $LIBSTDCXX"
 # Python and torch allocate for the life of the process: leak reports would be noise.
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:check_initialization_order=1:strict_string_checks=1"
