@@ -38,3 +38,9 @@ def assert_lse_close(actual, exact, atol=2e-5):
     if finite.any():
         err = (actual[finite] - exact[finite]).abs().max().item()
         assert err <= atol + 2e-6 * exact[finite].abs().max().item(), f"lse: max error {err:.3e}"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "nan_contract: NaN propagation checks (NaN in, NaN out; -inf is the only empty marker)"
+    )
