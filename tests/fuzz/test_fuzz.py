@@ -4,9 +4,7 @@ when a GPU is present. HYDROGEN_FUZZ_CASES sets the core sample size (default 20
 `python tests/fuzz/run_fuzz.py --cases 10000` is the long run.
 
 The nan_contract group checks NaN propagation (NaN in, NaN out; -inf is the only empty
-marker). It is marked xfail(strict) until the kernels implement that contract: once they
-do, these tests pass, strict xfail reports them as failures, and the mark must go.
-`pytest tests/fuzz -m nan_contract --runxfail` shows the current state.
+marker); `pytest tests/fuzz -m nan_contract` runs it alone.
 """
 
 import os
@@ -20,11 +18,6 @@ CORE_CASES = int(os.environ.get("HYDROGEN_FUZZ_CASES", "2000"))
 CONTRACT_CASES = 300
 SEED = 0
 ISAS = available_isas()
-
-NAN_CONTRACT_PENDING = pytest.mark.xfail(
-    strict=True, reason="the kernels do not yet implement the NaN contract: remove this mark once they do"
-)
-
 
 def assert_no_failures(summary):
     lines = [
@@ -42,7 +35,6 @@ def test_fuzz_core(isa):
 
 
 @pytest.mark.nan_contract
-@NAN_CONTRACT_PENDING
 @pytest.mark.parametrize("isa", ISAS)
 def test_fuzz_nan_contract(isa):
     summary = spawn_worker(isa, "nan_contract", CONTRACT_CASES, SEED, len(ISAS), ISAS.index(isa), timeout=600)
@@ -52,7 +44,7 @@ def test_fuzz_nan_contract(isa):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize(
-    "group", ["core", pytest.param("nan_contract", marks=[pytest.mark.nan_contract, NAN_CONTRACT_PENDING])]
+    "group", ["core", pytest.param("nan_contract", marks=pytest.mark.nan_contract)]
 )
 def test_fuzz_cuda(group):
     summary = run_worker(group, range(500), SEED, "cuda")
