@@ -59,6 +59,12 @@ def hydrogen_attention_forward(
     if kwargs.get("s_aux") is not None:
         raise HydrogenUnsupportedError("hydrogen attention does not support attention sinks (s_aux).")
     if cache is None:
+        if attention_mask is not None and attention_mask.shape[-1] != key.shape[-2]:
+            raise RuntimeError(
+                f"hydrogen attention: the mask covers {attention_mask.shape[-1]} keys but got {key.shape[-2]}. "
+                f"If this model call uses a SharedPrefixCache, pass {CACHE_KWARG}=cache along with it "
+                "(model.generate() does so by itself)."
+            )
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )

@@ -352,11 +352,15 @@ def _generate_rows(model, rows: List[List[int]], num_return_sequences: Optional[
     _check_generate_kwargs(model, generate_kwargs)
     if any(len(r) == 0 for r in rows):
         raise ValueError("every prompt must hold at least one token")
-    input_ids, attention_mask = _left_padded(rows, _pad_id(model, generate_kwargs), model.device)
     if num_return_sequences is not None:
         if num_return_sequences < 1:
             raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
-        generate_kwargs = {**generate_kwargs, "num_return_sequences": num_return_sequences}
+        gc = generate_kwargs.get("generation_config") or model.generation_config
+        if generate_kwargs.get("do_sample", gc.do_sample):
+            generate_kwargs = {**generate_kwargs, "num_return_sequences": num_return_sequences}
+        else:  # stock generate() refuses several greedy returns; they are copies of the row
+            rows = [r for r in rows for _ in range(num_return_sequences)]
+    input_ids, attention_mask = _left_padded(rows, _pad_id(model, generate_kwargs), model.device)
     with enabled(model):
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
 
