@@ -541,7 +541,7 @@ def test_unsupported_generate_modes_raise():
 
 
 def test_softcapping_sinks_and_non_interface_models_are_refused():
-    gemma2 = make_model("gemma2")
+    gemma2 = make_model("gemma2", attn_implementation="eager")
     with pytest.raises(hf.HydrogenUnsupportedError, match="softcapping"):
         hf.enable(gemma2)
     with pytest.raises(hf.HydrogenUnsupportedError, match="softcapping"):
