@@ -608,6 +608,43 @@ def test_family_dropin_greedy_equals_stock(family, spy):
 
 
 # ----------------------------------------------------------------------------------------
+# torch.compile
+# ----------------------------------------------------------------------------------------
+
+
+def test_compiled_decode_fullgraph_bounded_recompiles():
+    """The decode step under sharing traces as one graph (fullgraph=True), is not recompiled
+    per step or per call of the same shapes, and gives stock tokens."""
+    model = make_model("llama")
+    rows = [PREFIX + s for s in SUFFIXES]
+    ids, mask = left_padded(rows)
+    kw = dict(attention_mask=mask, num_return_sequences=2, max_new_tokens=24, return_dict_in_generate=True, **SAMPLE)
+    torch.manual_seed(3)
+    stock = model.generate(ids, **kw).sequences
+    graphs = []
+
+    def count_graphs(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    with hf.enabled(model):
+        model.forward = torch.compile(model.forward, fullgraph=True, backend=count_graphs)
+        try:
+            torch.manual_seed(3)
+            ours = model.generate(ids, **kw)
+            first_call = len(graphs)
+            torch.manual_seed(3)
+            again = model.generate(ids, **kw)
+        finally:
+            del model.forward
+    assert torch.equal(ours.sequences, stock) and torch.equal(again.sequences, stock)
+    assert isinstance(ours.past_key_values, hf.SharedPrefixCache)
+    assert 1 <= first_call <= 2, first_call  # 2: a length that varies becomes dynamic
+    assert len(graphs) == first_call
+
+
+# ----------------------------------------------------------------------------------------
 # CUDA
 # ----------------------------------------------------------------------------------------
 

@@ -115,7 +115,9 @@ def _prefill_chunk(model, cache: SharedPrefixCache, spans: List[List[int]], star
     ids = [[0] * (width - len(s)) + list(s) for s in spans]
     pos = [[0] * (width - len(s)) + list(range(a, a + len(s))) for s, a in zip(spans, starts)]
     kwargs = {"logits_to_keep": 1} if model._supports_logits_to_keep() else {}
-    with cache.chunk_lengths([len(s) for s in spans], width, device):
+    # Prefill chunks differ in shape and layout from call to call: keep them out of a compiled
+    # forward (compilation is for the decode step, whose shapes repeat).
+    with torch.compiler.set_stance("force_eager"), cache.chunk_lengths([len(s) for s in spans], width, device):
         model(
             input_ids=torch.tensor(ids, dtype=torch.long, device=device),
             position_ids=torch.tensor(pos, dtype=torch.long, device=device),
@@ -185,30 +187,51 @@ def _why_not_shared(model, generation_config, model_kwargs: dict, cache_arg: str
     return None
 
 
+def _check_given_cache(model, cache: SharedPrefixCache, input_ids, generation_config) -> None:
+    """A SharedPrefixCache passed to generate() (from :func:`prepare`): refuse what it cannot serve."""
+    if not is_enabled(model):
+        raise RuntimeError(
+            "generate() got a SharedPrefixCache but the model does not use hydrogen attention: call "
+            "hydrogen_ops.hf.enable(model) (or `with hydrogen_ops.hf.enabled(model):`) first."
+        )
+    mode = generation_config.get_generation_mode()
+    if str(getattr(mode, "value", mode)) not in _SHARED_MODES:
+        raise HydrogenUnsupportedError(f"a SharedPrefixCache cannot serve generation mode {getattr(mode, 'value', mode)!r}")
+    blocker = sharing_blocker(model, generation_config.max_length)
+    if blocker is not None:
+        raise HydrogenUnsupportedError(f"this model cannot use a SharedPrefixCache here: {blocker}")
+    cache.claim()
+    if cache.get_seq_length() != input_ids.shape[1] - 1:
+        raise ValueError(
+            f"the SharedPrefixCache holds {cache.get_seq_length()} columns, so input_ids must have "
+            f"{cache.get_seq_length() + 1}, got {input_ids.shape[1]}: pass the PreparedBatch's own input_ids"
+        )
+
+
 def _prefill_with_sharing(self, input_ids, generation_config, model_kwargs, *args, **kwargs):
     """``GenerationMixin._prefill``, sharing prefixes when hydrogen attention is enabled."""
     cache_arg = cache_argument(self)
-    given = model_kwargs.get(cache_arg)
-    if isinstance(given, SharedPrefixCache):
-        if not is_enabled(self):
-            raise RuntimeError(
-                "generate() got a SharedPrefixCache but the model does not use hydrogen attention: call "
-                "hydrogen_ops.hf.enable(model) (or `with hydrogen_ops.hf.enabled(model):`) first."
-            )
-        mode = generation_config.get_generation_mode()
-        if str(getattr(mode, "value", mode)) not in _SHARED_MODES:
-            raise HydrogenUnsupportedError(f"a SharedPrefixCache cannot serve generation mode {mode}")
-        blocker = sharing_blocker(self, generation_config.max_length)
-        if blocker is not None:
-            raise HydrogenUnsupportedError(f"this model cannot use a SharedPrefixCache here: {blocker}")
-        given.claim()
-        model_kwargs[CACHE_KWARG] = given
+    cache = model_kwargs.get(cache_arg)
+    if isinstance(cache, SharedPrefixCache):
+        _check_given_cache(self, cache, input_ids, generation_config)
     elif is_enabled(self):
         cache = _shared_cache_for(self, input_ids, generation_config, model_kwargs, cache_arg)
-        if cache is not None:
-            model_kwargs[cache_arg] = cache
-            model_kwargs[CACHE_KWARG] = cache
-    return _STOCK_PREFILL(self, input_ids, generation_config, model_kwargs, *args, **kwargs)
+    else:
+        cache = None
+    if cache is None:
+        return _STOCK_PREFILL(self, input_ids, generation_config, model_kwargs, *args, **kwargs)
+
+    model_kwargs[cache_arg] = cache
+    model_kwargs[CACHE_KWARG] = cache
+    mask = model_kwargs.pop("attention_mask", None)
+    if model_kwargs.get("position_ids") is None:
+        mask = torch.ones_like(input_ids) if mask is None else mask
+        model_kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    # From here on the padding mask is not needed: the cache knows every row's keys and the
+    # positions come from position_ids. Without it, every decode step has inputs of the same
+    # shapes (what torch.compile and CUDA graphs want) and no per-step mask is built.
+    model_inputs = self.prepare_inputs_for_generation(input_ids, next_sequence_length=1, **model_kwargs)
+    return self(**model_inputs, return_dict=True)
 
 
 def _shared_cache_for(model, input_ids, generation_config, model_kwargs, cache_arg) -> Optional[SharedPrefixCache]:
