@@ -242,6 +242,9 @@ def test_trie_builds_the_hierarchical_tree():
     assert plan.tails == [[], [], [7, 8], [9]]
     assert plan.tail_parents == [0, 0, 1, 2] and plan.tail_starts == [34, 34, 30, 0]
     assert not hf.plan_sharing([[1, 2], [3, 4]]).shared
+    # a depth cap keeps deeper spans in the rows' own tails
+    plan = hf.plan_sharing(rows, max_levels=1)
+    assert plan.levels == [[shared]] and plan.tails == [g for g in groups for _ in range(3)]
 
 
 def test_generate_hierarchical_equals_stock_and_shares_per_group(spy):

@@ -297,6 +297,7 @@ def prepare(
     *,
     pad_token_id: int = 0,
     max_new_tokens: int = 0,
+    max_levels: Optional[int] = None,
 ) -> PreparedBatch:
     """Prefill the rows ``prefix + suffix_i`` (each ``num_return_sequences`` times) into a
     :class:`SharedPrefixCache`, every shared span once.
@@ -305,7 +306,8 @@ def prepare(
     **batch.generate_kwargs())`` call that consumes the batch (once). Rows are ordered
     suffix-major (row ``i * num_return_sequences + j`` is sample ``j`` of suffix ``i``) and
     left-padded as stock ``generate()`` lays them out. ``suffix_ids`` may be a tokenizer's
-    padded ``BatchEncoding``; pads are dropped using its ``attention_mask``.
+    padded ``BatchEncoding``; pads are dropped using its ``attention_mask``. ``max_levels``
+    caps the depth of the sharing tree (1: only the common prefix is shared; None: no cap).
     """
     if num_return_sequences < 1:
         raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
@@ -318,7 +320,8 @@ def prepare(
     if blocker is not None:
         raise HydrogenUnsupportedError(f"this model cannot share prefixes here: {blocker}")
     input_ids, attention_mask = _left_padded(rows, pad_token_id, model.device)
-    cache = _fill_cache(model, plan_sharing([r[:-1] for r in rows]), input_ids.shape[1] - 1, max_new_tokens)
+    plan = plan_sharing([r[:-1] for r in rows], max_levels=max_levels)
+    cache = _fill_cache(model, plan, input_ids.shape[1] - 1, max_new_tokens)
     return PreparedBatch(input_ids, attention_mask, cache, [len(r) for r in rows], cache_argument(model))
 
 

@@ -59,8 +59,10 @@ def _common_end(rows: Sequence[Sequence[int]], members: List[int], start: int) -
     return end
 
 
-def _split(rows: Sequence[Sequence[int]], members: List[int], start: int) -> List[_Node]:
+def _split(rows: Sequence[Sequence[int]], members: List[int], start: int, levels_left: Optional[int]) -> List[_Node]:
     """Shared child nodes of rows ``members``, which all agree up to ``start``."""
+    if levels_left == 0:
+        return []
     by_token: Dict[int, List[int]] = {}
     for r in members:
         if len(rows[r]) > start:
@@ -71,18 +73,21 @@ def _split(rows: Sequence[Sequence[int]], members: List[int], start: int) -> Lis
             continue
         end = _common_end(rows, group, start)
         node = _Node(start, end, group)
-        node.children = _split(rows, group, end)
+        node.children = _split(rows, group, end, None if levels_left is None else levels_left - 1)
         nodes.append(node)
     return nodes
 
 
-def plan_sharing(rows: Sequence[Sequence[int]]) -> SharingPlan:
+def plan_sharing(rows: Sequence[Sequence[int]], max_levels: Optional[int] = None) -> SharingPlan:
     """Radix-tree plan of ``rows`` (lists of real tokens, no padding).
 
-    With nothing shared by two rows, the plan has no levels and every row is its own tail.
+    ``max_levels`` caps the depth (what lies deeper stays in the rows' own tails). With nothing
+    shared by two rows, the plan has no levels and every row is its own tail.
     """
+    if max_levels is not None and max_levels < 0:
+        raise ValueError(f"max_levels must be >= 0 or None, got {max_levels}")
     rows = [list(r) for r in rows]
-    top = _split(rows, list(range(len(rows))), 0)
+    top = _split(rows, list(range(len(rows))), 0, max_levels)
     if not top:
         return SharingPlan([], [], [], rows, list(range(len(rows))), [0] * len(rows))
 
