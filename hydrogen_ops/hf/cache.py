@@ -98,21 +98,34 @@ class SharedPrefixLayer(CacheLayerMixin):
         raise HydrogenUnsupportedError(_REORDER_MSG)
 
     # -- storage -----------------------------------------------------------------------------
-    def _reserve(self, need: int, capacity_hint: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+    def _reserve(self, need: int, capacity_hint: int, like_keys: torch.Tensor, like_values: torch.Tensor) -> None:
+        """Make the segment buffers hold ``need`` columns (``like_*``: [B, H, *, D] templates)."""
         capacity = 0 if self.keys is None else self.keys.shape[-2]
         if self.keys is not None and need <= capacity:
             return
         new_capacity = max(need, capacity_hint, 2 * capacity)
-        B, H = key_states.shape[:2]
+        B = like_keys.shape[0]
         # zero-filled: columns past a row's length are never read, but stay finite for any kernel
-        keys = key_states.new_zeros((B, H, new_capacity, key_states.shape[-1]))
-        values = value_states.new_zeros((B, value_states.shape[1], new_capacity, value_states.shape[-1]))
+        keys = like_keys.new_zeros((B, like_keys.shape[1], new_capacity, like_keys.shape[-1]))
+        values = like_values.new_zeros((B, like_values.shape[1], new_capacity, like_values.shape[-1]))
         if capacity:
             keys[:, :, : self.used] = self.keys[:, :, : self.used]
             values[:, :, : self.used] = self.values[:, :, : self.used]
         self.keys, self.values = keys, values
         if self.lens is None:
             self.lens = torch.zeros(B, dtype=torch.int32, device=keys.device)
+        if not torch.compiler.is_compiling():
+            # fixed addresses: a compiled decode step mutates these in place without
+            # recompiling, and CUDA graphs can replay over them
+            for t in (self.keys, self.values, self.lens):
+                torch._dynamo.mark_static_address(t)
+
+    def reserve_segment(self, batch: int, capacity: int) -> None:
+        """Allocate the per-sequence segment ahead of decoding (shapes taken from a level)."""
+        if self.keys is None and self.levels:
+            k, v = self.levels[-1].keys, self.levels[-1].values
+            self._reserve(capacity, capacity, k.new_empty((batch, k.shape[1], 0, k.shape[-1])),
+                          v.new_empty((batch, v.shape[1], 0, v.shape[-1])))
 
     def write(self, key_states, value_states, chunk: Optional["_Chunk"], capacity_hint: int) -> None:
         """Append ``key_states`` (``[B, H, q, D]``) to every row's segment at that row's length.
@@ -313,6 +326,13 @@ class SharedPrefixCache(Cache):
             layer.freeze(parents)
         self._batch_size = len(parents)
         self._capacity_hint = capacity_hint
+
+    def reserve_segment(self, capacity: int) -> None:
+        """Allocate every layer's per-sequence segment for ``capacity`` tokens per row now,
+        so that decoding never reallocates (a compiled step then sees fixed buffers)."""
+        self._capacity_hint = max(self._capacity_hint, capacity)
+        for layer in self.layers:
+            layer.reserve_segment(self._batch_size, self._capacity_hint)
 
     def set_columns(self, columns: int) -> None:
         """Set the number of columns of the stock batch that the cache stands for."""

@@ -142,6 +142,7 @@ def _fill_cache(model, plan: SharingPlan, columns: int, new_tokens: int) -> Shar
     else:
         cache._capacity_hint = capacity
     _prefill_chunk(model, cache, plan.tails, plan.tail_starts)
+    cache.reserve_segment(capacity)
     cache.set_columns(columns)
     return cache
 
