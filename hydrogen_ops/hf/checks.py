@@ -21,7 +21,7 @@ from typing import Optional
 SUPPORTED_MODEL_TYPES = frozenset(
     {
         "llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "olmo2", "gemma", "gpt_neox",
-        "starcoder2", "mixtral", "qwen2_moe", "qwen3_moe", "glm4", "cohere2", "olmo", "stablelm",
+        "starcoder2", "mixtral", "qwen2_moe", "qwen3_moe", "glm4", "cohere2", "olmo",
     }
 )
 
