@@ -276,11 +276,13 @@ def test_nothing_shared_runs_stock_and_logs_once(spy, caplog):
     assert len(msgs) == 1 and "share no leading tokens" in msgs[0]
 
 
-def test_beam_search_with_hydrogen_is_stock(spy):
+@pytest.mark.parametrize("mode", [dict(num_beams=2), dict(use_cache=False), dict(output_hidden_states=True)])
+def test_modes_without_sharing_run_stock(mode, spy):
     model = make_model("llama")
     ids = torch.tensor([PREFIX] * 2)
-    stock, ours = with_and_without(model, lambda: model.generate(ids, num_beams=2, max_new_tokens=6, **GEN))
-    assert torch.equal(ours, stock)
+    kw = dict(max_new_tokens=6, return_dict_in_generate=True, **mode, **GEN)
+    stock, ours = with_and_without(model, lambda: model.generate(ids, **kw))
+    assert torch.equal(ours.sequences, stock.sequences)
     assert not spy
 
 

@@ -173,6 +173,8 @@ def _why_not_shared(model, generation_config, model_kwargs: dict, cache_arg: str
     mode = generation_config.get_generation_mode()
     if str(getattr(mode, "value", mode)) not in _SHARED_MODES or getattr(generation_config, "is_assistant", False):
         return f"generation mode {getattr(mode, 'value', mode)!r} (only greedy search and sampling share prefixes)"
+    if generation_config.use_cache is False:
+        return "use_cache=False"
     if generation_config.prefill_chunk_size is not None:
         return "prefill_chunk_size is set"
     if generation_config.output_attentions or generation_config.output_hidden_states:
