@@ -248,7 +248,9 @@ def _shared_cache_for(model, input_ids, generation_config, model_kwargs, cache_a
         mask = model_kwargs.get("attention_mask")
         mask = torch.ones_like(input_ids) if mask is None else mask
         stock = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        if not torch.equal(model_kwargs["position_ids"].expand_as(stock).to(stock.device), stock):
+        given = model_kwargs["position_ids"]
+        broadcastable = given.dim() == 2 and given.shape[-1] == stock.shape[-1] and given.shape[0] in (1, stock.shape[0])
+        if not broadcastable or not torch.equal(given.expand_as(stock).to(stock.device), stock):
             reason = "custom position_ids were given"
     plan = None
     if reason is None:
