@@ -276,7 +276,8 @@ def test_nothing_shared_runs_stock_and_logs_once(spy, caplog):
     assert len(msgs) == 1 and "share no leading tokens" in msgs[0]
 
 
-@pytest.mark.parametrize("mode", [dict(num_beams=2), dict(use_cache=False), dict(output_hidden_states=True)])
+@pytest.mark.parametrize("mode", [dict(num_beams=2), dict(use_cache=False), dict(output_hidden_states=True),
+                                  dict(position_ids=torch.arange(len(PREFIX)).repeat(2, 1) + 3)])
 def test_modes_without_sharing_run_stock(mode, spy):
     model = make_model("llama")
     ids = torch.tensor([PREFIX] * 2)
