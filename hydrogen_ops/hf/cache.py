@@ -249,9 +249,9 @@ class SharedPrefixCache(Cache):
                 "call hydrogen_ops.hf.enable(model) (or use `with hydrogen_ops.hf.enabled(model):`) first."
             )
         if self._awaiting is not None:
-            self._awaiting = None
+            missed, self._awaiting = self._awaiting, None
             raise RuntimeError(
-                f"SharedPrefixCache: the attention of layer {layer_idx - 1 if layer_idx else 'last'} did not read "
+                f"SharedPrefixCache: the attention of layer {missed} did not read "
                 f"this cache. Pass {CACHE_KWARG}=cache to the model call along with the cache (model.generate() "
                 "does so by itself), and use a model whose attention goes through transformers' AttentionInterface."
             )
