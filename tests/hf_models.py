@@ -42,6 +42,18 @@ FAMILY_OVERRIDES = {
     "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, head_dim=16),
     "glm4": dict(head_dim=16),
     "cohere2": dict(head_dim=16, sliding_window=4096),
+    "cohere": {},
+    "phi": {},
+    "glm": dict(head_dim=16),
+    "helium": dict(head_dim=16),
+    "olmo3": dict(sliding_window=4096),
+    "smollm3": {},
+    "granitemoe": dict(num_local_experts=4, num_experts_per_tok=2),
+    "exaone4": dict(head_dim=16, sliding_window=4096),
+    "seed_oss": dict(head_dim=16),
+    "arcee": {},
+    "ernie4_5": dict(head_dim=16),
+    "apertus": {},
     "gemma2": dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=64),
 }
 

@@ -21,7 +21,8 @@ from typing import Optional
 SUPPORTED_MODEL_TYPES = frozenset(
     {
         "llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "olmo2", "gemma", "gpt_neox",
-        "starcoder2", "mixtral", "qwen2_moe", "qwen3_moe", "glm4", "cohere2", "olmo",
+        "starcoder2", "mixtral", "qwen2_moe", "qwen3_moe", "glm4", "cohere2", "olmo", "cohere", "phi",
+        "glm", "helium", "olmo3", "smollm3", "granitemoe", "exaone4", "seed_oss", "arcee", "ernie4_5", "apertus",
     }
 )
 
