@@ -129,18 +129,17 @@ def _prefill_chunk(model, cache: SharedPrefixCache, spans: List[List[int]], star
 
 def _fill_cache(model, plan: SharingPlan, columns: int, new_tokens: int) -> SharedPrefixCache:
     """Prefill every level of ``plan`` once and every row's tail once."""
-    first = len(plan.levels[0]) if plan.shared else len(plan.tails)
-    cache = SharedPrefixCache(model.config, batch_size=first)
-    for d, level in enumerate(plan.levels):
-        if d:
-            cache.start_segment(plan.parents[d])
-        _prefill_chunk(model, cache, level, plan.level_starts[d])
-    # room for the tails, the prompt's last token (fed by generate()) and the new tokens
+    # per-sequence room: the tails, the prompt's last token (fed by generate()) and the new tokens
     capacity = max(len(t) for t in plan.tails) + 1 + max(new_tokens, 0)
     if plan.shared:
+        cache = SharedPrefixCache(model.config, batch_size=len(plan.levels[0]))
+        for d, level in enumerate(plan.levels):
+            if d:
+                cache.start_segment(plan.parents[d])
+            _prefill_chunk(model, cache, level, plan.level_starts[d])
         cache.start_segment(plan.tail_parents, capacity_hint=capacity)
     else:
-        cache._capacity_hint = capacity
+        cache = SharedPrefixCache(model.config, batch_size=len(plan.tails), capacity_hint=capacity)
     _prefill_chunk(model, cache, plan.tails, plan.tail_starts)
     cache.reserve_segment(capacity)
     cache.set_columns(columns)
