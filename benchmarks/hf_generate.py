@@ -1,8 +1,10 @@
 """End-to-end decode throughput and KV-cache bytes on a random-weight Llama-shaped model.
 
-B completions of one P-token prompt, greedy, three paths on the same model:
-  * hydrogen:     hydrogen_ops.hf.generate (prefix prefilled once, its KV stored once,
-                  decode attention through hydrogen_ops.hydragen_attention);
+B completions of one P-token prompt, greedy, on the same model at the same settings:
+  * hydrogen:     the drop-in path: hydrogen_ops.hf.enable(model), then stock
+                  model.generate() on the prompt repeated B times. generate() finds the shared
+                  prompt, prefills it once, stores its KV once and decodes through
+                  hydrogen_ops.hydragen_attention;
   * stock:        stock transformers generate() with the prompt repeated B times (SDPA,
                   DynamicCache holding B copies of the prompt's KV). The prompt is prefilled
                   once at batch 1 and the cache copied B times (transformers' prompt-reuse
@@ -10,7 +12,9 @@ B completions of one P-token prompt, greedy, three paths on the same model:
                   repeated prompt, in a fraction of the set-up time;
   * no_attention: the ceiling of the Hydragen paper: the Hydrogen run (same model, same cache,
                   same generate() loop, q/k/v/o projections kept) with the attention output
-                  replaced by the query, so it costs what the model costs without attention.
+                  replaced by the query, so it costs what the model costs without attention;
+  * compiled (--compile): the hydrogen path again with model.forward wrapped in
+                  torch.compile(fullgraph=True) (inductor); compiled vs eager tokens/s.
 Decode time only, as in the paper: a stopping criterion stamps every step, the first token
 (prefill) is excluded, and tokens/s = B / median step time over the decode steps of a run
 (after a warm-up generate); with --repeats N each path runs N times and the fastest run
@@ -21,6 +25,7 @@ KV bytes: what each path's cache holds at the end (its peak).
   python benchmarks/hf_generate.py --quick          # seconds
   python benchmarks/hf_generate.py                  # batch 64, prefix 1024..8192 (a few minutes on 2 cores)
   python benchmarks/hf_generate.py --batches 64 --prefixes 4096
+  python benchmarks/hf_generate.py --quick --compile  # adds torch.compile'd decode
 """
 
 from __future__ import annotations
@@ -149,26 +154,53 @@ def run_stock(model, blocks, repeats, new_tokens):
     return r, out.sequences[:, -new_tokens:]
 
 
-def run_hydrogen(model, new_tokens, batch, prefix=None, hierarchical=None, suffixes=None):
+def prompt_parts(prefix=None, hierarchical=None, suffixes=None):
+    """(head, tails) token lists of a run: prefix + suffix_i, or shared + group_i."""
+    head, tails = hierarchical if hierarchical is not None else (prefix, suffixes)
+    return head.reshape(-1).tolist(), [[]] if tails is None else [t.reshape(-1).tolist() for t in tails]
+
+
+def run_hydrogen(model, new_tokens, batch, prefix=None, hierarchical=None, suffixes=None, max_levels=None):
+    """The drop-in path: stock generate() with hydrogen attention enabled, on the rows
+    head + tail_i (each ``batch`` times), finds the shared spans itself. With ``max_levels``
+    the sharing tree is capped, through hf.prepare()."""
     import hydrogen_ops.hf as hf
 
+    head, tails = prompt_parts(prefix, hierarchical, suffixes)
+    rows = [head + t for t in tails for _ in range(batch)]
     clock = _Clock(str(model.device))
     kw = gen_kwargs(new_tokens, clock)
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        if hierarchical is not None:
-            shared, groups = hierarchical
-            out = hf.generate_hierarchical(model, shared, groups, num_return_sequences=batch, **kw)
+    with torch.inference_mode(), hf.enabled(model):
+        if max_levels is None:
+            width = max(len(r) for r in rows)
+            ids = torch.tensor([[0] * (width - len(r)) + r for r in rows], device=model.device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
+            out = model.generate(ids, attention_mask=mask, **kw)
         else:
-            out = hf.generate(model, prefix, suffixes, num_return_sequences=batch, **kw)
-    rows = out.sequences.shape[0]
-    r = clock.decode_stats(rows)
+            prepared = hf.prepare(model, head, tails, batch, max_new_tokens=new_tokens, max_levels=max_levels)
+            out = model.generate(**prepared.generate_kwargs(), **kw)
+    if not isinstance(out.past_key_values, hf.SharedPrefixCache):
+        raise RuntimeError("the hydrogen run did not share its prompt (see the hydrogen_ops.hf log)")
+    r = clock.decode_stats(len(rows))
     kv = out.past_key_values.kv_bytes()
     r.update(prefill_s=clock.stamps[0] - t0, kv_bytes=kv["total"], kv_bytes_prefix=kv["prefix"])
     return r, out.sequences[:, -new_tokens:]
 
 
+def run_compiled(model, new_tokens, batch, prefix):
+    """The drop-in path with model.forward compiled (fullgraph=True); one untimed run first
+    compiles the decode step, the next run is timed."""
+    model.forward = torch.compile(model.forward, fullgraph=True)
+    try:
+        run_hydrogen(model, new_tokens, batch, prefix=prefix)
+        return run_hydrogen(model, new_tokens, batch, prefix=prefix)
+    finally:
+        del model.forward
+
+
 def _no_attention(module, query, key, value, attention_mask, *args, **kwargs):
+    kwargs.pop("hydrogen_cache", None).attention_done()
     return query.transpose(1, 2).contiguous(), None  # [B, H, S, D] -> [B, S, H, D]
 
 
@@ -176,14 +208,13 @@ def run_no_attention(model, new_tokens, batch, prefix=None, hierarchical=None, s
     """The paper's ceiling: the Hydrogen run (same cache, same generate() path, same q/k/v/o
     projections) with the attention output replaced by the query."""
     import hydrogen_ops.hf as hf
+    from transformers import AttentionInterface
 
-    real = hf.hydrogen_attention_forward
-    hf.hydrogen_attention_forward = _no_attention  # hf.enable() registers this module global
+    AttentionInterface.register(hf.ATTN_IMPLEMENTATION, _no_attention)
     try:
         r, _ = run_hydrogen(model, new_tokens, batch, prefix=prefix, hierarchical=hierarchical, suffixes=suffixes)
     finally:
-        hf.hydrogen_attention_forward = real
-        hf._register()
+        hf.register()
     return r
 
 
@@ -257,6 +288,9 @@ def table_rows(rows):
             "KV MiB stock / Hydrogen": f"{r['stock_kv_bytes'] / 2**20:.0f} / {r['hydrogen_kv_bytes'] / 2**20:.0f}",
             "same tokens": f"{100 * r['token_match']:.0f}%" if "token_match" in r else "n/a",
         })
+        if "compiled_tok_s" in r:
+            table[-1].update({"compiled tok/s": r["compiled_tok_s"], "compiled / eager": r["compiled_vs_eager"],
+                              "compiled same tokens": "yes" if r["compiled_identical_tokens"] else "NO"})
     return table
 
 
@@ -269,6 +303,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=1, help="runs per path; the fastest is reported (each run's "
                    "figure is already a median over its decode steps)")
     p.add_argument("--quick", action="store_true", help="small model and sizes, seconds")
+    p.add_argument("--compile", action="store_true", help="also time the hydrogen path with model.forward "
+                   "under torch.compile(fullgraph=True)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/hf_generate_<device>[_quick].json)")
     add_model_args(p)
     args = p.parse_args(argv)
@@ -306,6 +342,11 @@ def main(argv=None):
                        identical_tokens=bool(torch.equal(h_tokens, s_tokens)), token_match=token_match(h_tokens, s_tokens))
             row["speedup_vs_stock"] = row["hydrogen_tok_s"] / row["stock_tok_s"]
             del s_tokens
+        if args.compile:
+            c, c_tokens = best_of(args.repeats, lambda: run_compiled(model, args.new_tokens, b, prompt))
+            row.update(compiled_tok_s=c["tokens_per_s"], compiled_tok_s_runs=c["tokens_per_s_runs"],
+                       compiled_vs_eager=c["tokens_per_s"] / row["hydrogen_tok_s"],
+                       compiled_identical_tokens=bool(torch.equal(c_tokens, h_tokens)))
         row["fraction_of_ceiling"] = row["hydrogen_tok_s"] / row["no_attention_tok_s"]
         if row.get("stock_tok_s"):
             row["stock_fraction_of_ceiling"] = row["stock_tok_s"] / row["no_attention_tok_s"]
@@ -319,7 +360,7 @@ def main(argv=None):
     print(f"\n## End-to-end decode throughput: {desc}\n{where}, torch {info['torch']}, transformers "
           f"{transformers.__version__}, {info['date']}; {args.new_tokens} new tokens, greedy, decode time only\n")
     table = table_rows(rows)
-    print(markdown_table(table, list(table[0])))
+    print(markdown_table(table, list(dict.fromkeys(k for t in table for k in t))))
     if args.device == "cpu" and busy_warning(during_run=True):
         print(busy_warning(during_run=True))
     tag = "_quick" if args.quick else ""
@@ -332,9 +373,9 @@ def main(argv=None):
                      "machine": info, "model": desc, "model_short": short_desc(model), "config": {k: v for k, v in vars(args).items() if k != "out"},
                      "results": rows})
     print(f"\nwrote {out} and {png}")
-    if not all(r.get("identical_tokens", True) for r in rows):
+    if not all(r.get("identical_tokens", True) and r.get("compiled_identical_tokens", True) for r in rows):
         if model.dtype == torch.float32:
-            print("ERROR: Hydrogen and stock generate() produced different tokens")
+            print("ERROR: Hydrogen (eager or compiled) and stock generate() produced different tokens")
             return 1
         print(f"note: in {model.dtype} greedy tokens may differ where two logits tie within rounding "
               "(different summation order); fp32 runs must match exactly")

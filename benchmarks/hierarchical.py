@@ -3,10 +3,11 @@
 Workload (full mode): a 2,048-token few-shot prefix, 16 problems of 256 tokens each,
 16 samples per problem (256 sequences), greedy, on the random-weight Llama-shaped model of
 benchmarks/hf_generate.py. Three ways to hold and attend over the prompts:
-  * two-level:  hydrogen_ops.hf.generate_hierarchical: the few-shot KV stored once, each
-                problem's KV stored once for its 16 samples, each level attended once;
-  * one-level:  hydrogen_ops.hf.generate with the few-shot block as the shared prefix and
-                each problem as a per-sequence suffix (problem KV copied per sample);
+  * two-level:  stock generate() with hydrogen enabled (it finds the tree by itself): the
+                few-shot KV stored once, each problem's KV stored once for its 16 samples,
+                each level attended once;
+  * one-level:  hydrogen_ops.hf.prepare(max_levels=1): the few-shot block is the shared
+                prefix and each problem a per-sequence suffix (problem KV copied per sample);
   * none:       stock generate() over a DynamicCache holding every sequence's whole prompt
                 (few-shot + problem copied per sequence; prefilled through cache reuse).
 Decode time only (median step, as in hf_generate.py); the no-attention ceiling is the two-level
@@ -100,7 +101,7 @@ def main(argv=None):
                                                               hierarchical=(shared, problems)))
         elif name == "one-level":
             r, t = best_of(args.repeats, lambda: run_hydrogen(model, args.new_tokens, args.samples, prefix=shared,
-                                                              suffixes=problems))
+                                                              suffixes=problems, max_levels=1))
         else:
             need = stock_kv_bytes(model, rows, args.shared + args.problem_len + args.new_tokens)
             if need > args.kv_limit_gb * 1e9:

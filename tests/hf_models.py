@@ -21,30 +21,52 @@ COMMON = dict(
     tie_word_embeddings=False,
 )
 
+# The families most tests run on.
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+# Per-family settings on top of COMMON (what a tiny config of that family needs).
+FAMILY_OVERRIDES = {
+    "llama": {},
+    "mistral": dict(sliding_window=4096),
+    "qwen2": {},
+    "qwen3": dict(head_dim=16),
+    "phi3": {},
+    "granite": {},
+    "olmo": {},
+    "olmo2": {},
+    "gemma": dict(head_dim=16),
+    "gpt_neox": dict(rotary_pct=0.5),
+    "starcoder2": {},
+    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32),
+    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, head_dim=16),
+    "glm4": dict(head_dim=16),
+    "cohere2": dict(head_dim=16, sliding_window=4096),
+    "cohere": {},
+    "phi": {},
+    "glm": dict(head_dim=16),
+    "helium": dict(head_dim=16),
+    "olmo3": dict(sliding_window=4096),
+    "smollm3": {},
+    "granitemoe": dict(num_local_experts=4, num_experts_per_tok=2),
+    "exaone4": dict(head_dim=16, sliding_window=4096),
+    "seed_oss": dict(head_dim=16),
+    "arcee": {},
+    "ernie4_5": dict(head_dim=16),
+    "apertus": {},
+    "gemma2": dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=64),
+}
 
 
 def make_config(family: str, **overrides):
     import transformers as tf
 
+    if family not in FAMILY_OVERRIDES:
+        raise ValueError(f"unknown family {family!r}; known: {sorted(FAMILY_OVERRIDES)}")
     kw = dict(COMMON)
-    if family == "llama":
-        cls = tf.LlamaConfig
-    elif family == "mistral":
-        cls = tf.MistralConfig
-        kw["sliding_window"] = 4096
-    elif family == "qwen2":
-        cls = tf.Qwen2Config
-    elif family == "qwen3":
-        cls = tf.Qwen3Config
-        kw["head_dim"] = 16
-    elif family == "gemma2":
-        cls = tf.Gemma2Config
-        kw.update(head_dim=16, query_pre_attn_scalar=16, sliding_window=64)
-    else:
-        raise ValueError(family)
+    kw.update(FAMILY_OVERRIDES[family])
     kw.update(overrides)
-    return cls(**kw)
+    return tf.AutoConfig.for_model(family, **kw)
 
 
 def make_model(family: str, seed: int = 0, dtype=torch.float32, attn_implementation: str = "sdpa", **overrides):
@@ -60,3 +82,11 @@ def random_ids(n: int, seed: int, vocab: int = COMMON["vocab_size"]) -> list:
     g = torch.Generator().manual_seed(seed)
     # avoid pad/bos/eos ids inside prompts
     return torch.randint(3, vocab, (n,), generator=g).tolist()
+
+
+def left_padded(rows, pad: int = 0):
+    """``(input_ids, attention_mask)`` of token rows, left-padded as a tokenizer gives them."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask

@@ -58,6 +58,19 @@ def test_hf_generate(tmp_path):
     assert 0 < row["fraction_of_ceiling"] and row["no_attention_tok_s"] > 0
 
 
+def test_hf_generate_compile(tmp_path):
+    pytest.importorskip("transformers")
+    import hf_generate
+
+    out = tmp_path / "e2e.json"
+    rc = hf_generate.main(["--batches", "3", "--prefixes", "40", "--new-tokens", "4", "--compile", *TINY_MODEL,
+                           "--out", str(out)])
+    assert rc == 0
+    row = _load(out)["results"][0]
+    assert row["compiled_identical_tokens"] is True and row["identical_tokens"] is True
+    assert row["compiled_tok_s"] > 0 and row["compiled_vs_eager"] > 0
+
+
 def test_hierarchical(tmp_path):
     pytest.importorskip("transformers")
     import hierarchical
