@@ -40,6 +40,9 @@ from .checks import HydrogenUnsupportedError
 PAGED_ATTN_IMPLEMENTATION = "paged|hydrogen"
 _PLAN_ATTR = "_hydrogen_step_plans"
 
+# Process-wide counters of planned steps (read by ``python -m hydrogen_ops.serve`` at exit).
+STATS = {"steps": 0, "decode_steps_with_shared_prefix": 0, "key_reads_saved": 0}
+
 
 def gather_pages(pages: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """K or V of ``slots`` as a dense ``[rows, Hkv, L, D]`` tensor.
@@ -205,7 +208,11 @@ def _step_plan(cache, module, read_index, cu_seq_lens_q, cu_seq_lens_k) -> StepP
     group_idx, layer_in_group = cache.layer_index_to_group_indices[module.layer_idx]
     plans = cache.__dict__.setdefault(_PLAN_ATTR, {})
     if layer_in_group == 0 or group_idx not in plans:
-        plans[group_idx] = plan_step(read_index, cu_seq_lens_q, cu_seq_lens_k, cache.block_size)
+        plan = plans[group_idx] = plan_step(read_index, cu_seq_lens_q, cu_seq_lens_k, cache.block_size)
+        STATS["steps"] += 1
+        if plan.levels:
+            STATS["decode_steps_with_shared_prefix"] += 1
+            STATS["key_reads_saved"] += plan.shared_keys
     return plans[group_idx]
 
 
