@@ -54,19 +54,19 @@ def recorder(monkeypatch):
         result = original_plan(*args, **kwargs)
         steps["planned"] += 1
         tokens = batch["tokens"]
-        for level in result.levels:
+        for level in result.shared.levels if result.shared else []:
             for members, start, length in zip(level.members, level.starts, level.lens.tolist()):
                 assert len(members) >= 2 and length > 0
                 spans = set()
                 for m in members:
-                    request = result.decode_requests[m]
+                    request = result.shared.requests[m]
                     assert start + length <= batch["past"][request], "a shared run reaches the token being decoded"
                     spans.add(tuple(tokens[request][start : start + length]))
                 assert len(spans) == 1, f"requests {members} share slots but not tokens at {start}:{start + length}"
-        if result.levels:
+        if result.shared:
             steps["decode_with_sharing"] += 1
-            steps["max_levels"] = max(steps["max_levels"], len(result.levels))
-        if result.decode_requests and result.prefills:
+            steps["max_levels"] = max(steps["max_levels"], len(result.shared.levels))
+        if result.decode_batches and result.prefills:
             steps["mixed"] += 1
         return result
 
@@ -185,31 +185,55 @@ def blocks(*ids, tail=0, tail_block=None):
     return slots
 
 
+def read_slots(batch, i):
+    """The slots decode request i of ``batch`` attends over: its shared runs, then its suffix."""
+    read = []
+    for lv in batch.levels:
+        p = int(lv.seq_to_prefix[i])
+        read += lv.slots[p, : int(lv.lens[p])].tolist()
+    return read + batch.suffix_slots[i, : int(batch.suffix_lens[i])].tolist()
+
+
 def test_plan_levels_random_block_order_and_partial_blocks():
-    # Blocks in arbitrary physical order: 9,3 shared by all; then 5 shared by r0,r1; 7 by r2,r3.
+    # Blocks in arbitrary physical order: 9,3 shared by r0-r3; then 5 by r0,r1 and 7 by r2,r3;
+    # r4 shares nothing; r5 shares block 3 of the others but at another position (not a prefix).
     requests = [
         blocks(9, 3, 5, 11, tail=3, tail_block=20),
         blocks(9, 3, 5, tail=5, tail_block=21),
         blocks(9, 3, 7, tail=1, tail_block=22),
-        blocks(9, 3, 7, 2, tail=2, tail_block=23),
         blocks(4, tail=2, tail_block=24),
+        blocks(9, 3, 7, 2, tail=2, tail_block=23),
+        blocks(30, 3, tail=2, tail_block=25),
     ]
     plan = paged.plan_step(*layout(requests), BLOCK)
-    assert plan.decode_requests == [0, 1, 2, 3, 4]
-    assert [lv.members for lv in plan.levels] == [[[0, 1, 2, 3]], [[0, 1], [2, 3]]]
-    assert plan.levels[0].lens.tolist() == [2 * BLOCK, 0]  # r4 maps to the empty run
-    assert plan.levels[0].seq_to_prefix.tolist() == [0, 0, 0, 0, 1]
-    assert plan.levels[1].lens.tolist() == [BLOCK, BLOCK, 0]
-    assert plan.levels[1].seq_to_prefix.tolist() == [0, 0, 1, 1, 2]
-    assert plan.levels[0].slots[0, : 2 * BLOCK].tolist() == blocks(9, 3)
-    # every request reads exactly its slots: shared runs followed by its own suffix
-    for i, slots in enumerate(requests):
-        read = []
-        for lv in plan.levels:
-            p = int(lv.seq_to_prefix[i])
-            read += lv.slots[p, : int(lv.lens[p])].tolist()
-        read += plan.suffix_slots[i, : int(plan.suffix_lens[i])].tolist()
-        assert read == slots
+    shared, alone = plan.shared, plan.alone
+    assert shared.requests == [0, 1, 2, 4] and alone.requests == [3, 5]
+    assert shared.rows.tolist() == [0, 1, 2, 4] and alone.rows.tolist() == [3, 5]
+    assert [lv.members for lv in shared.levels] == [[[0, 1, 2, 3]], [[0, 1], [2, 3]]]
+    assert shared.levels[0].lens.tolist() == [2 * BLOCK]
+    assert shared.levels[0].seq_to_prefix.tolist() == [0, 0, 0, 0]
+    assert shared.levels[1].lens.tolist() == [BLOCK, BLOCK]
+    assert shared.levels[1].seq_to_prefix.tolist() == [0, 0, 1, 1]
+    assert shared.levels[0].slots[0, : 2 * BLOCK].tolist() == blocks(9, 3)
+    assert shared.levels[1].starts == [2 * BLOCK, 2 * BLOCK]
+    assert alone.levels == []
+    # every request reads exactly its own slots, in order: shared runs, then its suffix
+    for batch in (shared, alone):
+        for i, request in enumerate(batch.requests):
+            assert read_slots(batch, i) == requests[request]
+    assert plan.shared_keys == 3 * 2 * BLOCK + BLOCK + BLOCK
+
+
+def test_plan_empty_run_for_a_request_that_stops_sharing_early():
+    # r2 shares block 9 with r0 and r1 but not their second block: level 1 maps it to an empty run.
+    requests = [blocks(9, 5, tail=1, tail_block=1), blocks(9, 5, tail=2, tail_block=2), blocks(9, 6, tail=1, tail_block=3)]
+    plan = paged.plan_step(*layout(requests), BLOCK)
+    assert plan.alone is None
+    assert [lv.members for lv in plan.shared.levels] == [[[0, 1, 2]], [[0, 1]]]
+    assert plan.shared.levels[1].lens.tolist() == [BLOCK, 0]
+    assert plan.shared.levels[1].seq_to_prefix.tolist() == [0, 0, 1]
+    for i in range(3):
+        assert read_slots(plan.shared, i) == requests[i]
 
 
 def test_plan_does_not_share_on_a_block_id_alone():
@@ -218,25 +242,41 @@ def test_plan_does_not_share_on_a_block_id_alone():
     forged = [9 * BLOCK] + [40 * BLOCK + o for o in range(1, BLOCK)]
     requests = [blocks(9, tail=2, tail_block=1), forged + [2 * BLOCK, 2 * BLOCK + 1]]
     plan = paged.plan_step(*layout(requests), BLOCK)
-    assert plan.levels == []
-    assert plan.suffix_slots[1, : int(plan.suffix_lens[1])].tolist() == requests[1]
+    assert plan.shared is None
+    assert read_slots(plan.alone, 1) == requests[1]
 
 
 def test_plan_block_holding_the_new_token_is_never_shared():
-    # Both requests end exactly at a block boundary of the same block (impossible for distinct
-    # writers, but the planner must still not hand one request's newest slot to another).
+    # Both requests end exactly at the end of the same block (impossible for distinct writers,
+    # but the planner must still not hand one request's newest slot to another).
     requests = [blocks(6, 8), blocks(6, 8)]
     plan = paged.plan_step(*layout(requests), BLOCK)
-    assert [lv.members for lv in plan.levels] == [[[0, 1]]]
-    assert plan.levels[0].lens.tolist() == [BLOCK]
+    assert [lv.members for lv in plan.shared.levels] == [[[0, 1]]]
+    assert plan.shared.levels[0].lens.tolist() == [BLOCK]
 
 
 def test_plan_prefill_and_padding_sequences():
     requests = [blocks(1, 2, tail=3, tail_block=3), blocks(1, 2, tail=1, tail_block=4), blocks(1, 2, 5), []]
     plan = paged.plan_step(*layout(requests, q_lens=[1, 1, BLOCK, 0]), BLOCK)
-    assert plan.decode_requests == [0, 1]
+    assert plan.shared.requests == [0, 1] and plan.alone is None
     assert [(s, e) for s, e, _ in plan.prefills] == [(2, 2 + BLOCK)]
     assert plan.prefills[0][2].tolist() == requests[2]
+
+
+def test_plan_first_prefill_reads_the_new_keys():
+    # No request reads the cache (empty read_index): keys are the step's own rows.
+    read, cu_q, _ = layout([[0] * 3, [0] * 5], q_lens=[3, 5])
+    plan = paged.plan_step(read[:0], cu_q, cu_q, BLOCK)
+    assert not plan.source_is_cache and plan.decode_batches == []
+    assert [(s, e, sl.tolist()) for s, e, sl in plan.prefills] == [(0, 3, [0, 1, 2]), (3, 8, [3, 4, 5, 6, 7])]
+
+
+def test_gather_pages():
+    pages = torch.randn(40, 2, 4)
+    slots = torch.tensor([[5, 7, 1], [39, 0, 0]])
+    got = paged.gather_pages(pages, slots)
+    assert got.shape == (2, 2, 3, 4)
+    assert torch.equal(got[1, :, 0], pages[39]) and torch.equal(got[0, :, 1], pages[7])
 
 
 def test_called_without_cache_is_refused():
