@@ -8,7 +8,8 @@ and ``attn_implementation="paged|hydrogen"``: requests that share a prompt prefi
 prompt, a document) share its KV blocks in the paged cache, and each decode step attends over a
 shared run once for all the requests below it (see :mod:`hydrogen_ops.hf.paged`).
 
-Any other ``transformers serve`` option passes through (``--host``, ``--port``,
+CUDA graphs are off unless ``--cb-use-cuda-graph`` is given (paged|hydrogen plans each step on
+the host). Any other ``transformers serve`` option passes through (``--host``, ``--port``,
 ``--cb-block-size``, ``--cb-num-blocks``, ``--device``, ...). ``--attn-implementation`` may name
 another paged implementation (e.g. ``paged|sdpa``) to compare against. Needs the serving extra
 of transformers: ``pip install "transformers[serving]"``.
@@ -93,6 +94,8 @@ def serve_argv(argv: List[str]) -> List[str]:
         args.append("--continuous-batching")
     if not any(a == "--attn-implementation" or a.startswith("--attn-implementation=") for a in args):
         args += ["--attn-implementation", DEFAULT_ATTN_IMPLEMENTATION]
+    if "--cb-use-cuda-graph" not in args and "--no-cb-use-cuda-graph" not in args:
+        args.append("--no-cb-use-cuda-graph")  # paged|hydrogen plans each step on the host
     return args
 
 

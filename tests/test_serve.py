@@ -150,8 +150,23 @@ def test_serve_paged_hydrogen_matches_paged_sdpa(tmp_path):
 def test_serve_usage_and_argv():
     from hydrogen_ops.serve import serve_argv
 
-    assert serve_argv(["m"]) == ["serve", "m", "--continuous-batching", "--attn-implementation", "paged|hydrogen"]
-    assert serve_argv(["m", "--attn-implementation", "paged|sdpa"]) == [
-        "serve", "m", "--attn-implementation", "paged|sdpa", "--continuous-batching"]
+    assert serve_argv(["m"]) == ["serve", "m", "--continuous-batching", "--attn-implementation", "paged|hydrogen",
+                                 "--no-cb-use-cuda-graph"]
+    assert serve_argv(["m", "--attn-implementation", "paged|sdpa", "--cb-use-cuda-graph"]) == [
+        "serve", "m", "--attn-implementation", "paged|sdpa", "--cb-use-cuda-graph", "--continuous-batching"]
     with pytest.raises(SystemExit, match="MODEL_DIR"):
         serve_argv([])
+
+
+def test_serve_accepts_registered_paged_implementations_only():
+    import hydrogen_ops.hf  # noqa: F401
+    from hydrogen_ops.serve import _accept_paged_implementations
+
+    _accept_paged_implementations()
+    from transformers.cli.serving import model_manager
+
+    model_manager.ModelManager(device="cpu", attn_implementation="paged|hydrogen").shutdown()
+    with pytest.raises(ValueError, match="not a registered paged attention implementation"):
+        model_manager.ModelManager(device="cpu", attn_implementation="paged|nonexistent")
+    with pytest.raises(ValueError, match="Unsupported attention implementation"):
+        model_manager.ModelManager(device="cpu", attn_implementation="nonexistent")

@@ -21,7 +21,10 @@ block id standing for a run. K/V are read through :func:`gather_pages`, the one 
 turns slot indices into dense tensors (a paged kernel can replace it).
 
 The engine picks behaviour by the implementation's name: ``paged|hydrogen`` gets no 4D mask
-(causality comes from ``cu_seq_lens``), so no mask function is registered for it.
+(causality comes from ``cu_seq_lens``), so no mask function is registered for it; it gets no
+``block_table`` (that fast path is for flash names). On a GPU, turn CUDA graphs off
+(``ContinuousBatchingConfig(use_cuda_graph=False)``): the engine would otherwise capture the
+step, and the plan is made on the host each step.
 """
 
 from __future__ import annotations
@@ -276,6 +279,12 @@ def paged_hydrogen_attention_forward(
         raise HydrogenUnsupportedError(
             "paged|hydrogen supports full-attention layers only; this model has sliding-window layers "
             "(use paged|sdpa for it)."
+        )
+    if query.is_cuda and torch.cuda.is_current_stream_capturing():
+        raise HydrogenUnsupportedError(
+            "paged|hydrogen plans every step on the host (the shared runs change with the batch), so it cannot "
+            "be captured in a CUDA graph: pass ContinuousBatchingConfig(use_cuda_graph=False) "
+            "(transformers serve: --no-cb-use-cuda-graph)."
         )
     if dropout and module.training:
         raise HydrogenUnsupportedError("paged|hydrogen is inference-only: attention dropout is not supported.")
