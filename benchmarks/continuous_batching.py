@@ -14,7 +14,9 @@ Reported per implementation:
     engine's per-token timestamps), wall time;
   * KV blocks used (peak), against the blocks the requests would need without shared blocks;
   * whether the greedy tokens are identical to paged|sdpa's.
-Step times are medians over many steps; the machine may be shared, so expect noise.
+Step times are medians over many steps; the machine may be shared, so expect noise. On a busy
+CPU, --threads 1 avoids OpenMP threads waiting for one another (each parallel region then
+waits for a descheduled thread), which otherwise adds a large per-step floor to both paths.
 
   python benchmarks/continuous_batching.py --quick
   python benchmarks/continuous_batching.py
@@ -27,6 +29,7 @@ import math
 import os
 import statistics
 import sys
+import textwrap
 import time
 
 import torch
@@ -169,7 +172,7 @@ def plot(results, path, title):
     a1.set_ylabel("decode tok/s, all requests decoding")
     a2.bar(names, [1e3 * (results[n]["tpot_median_s"] or 0) for n in names], color=["C0", "C1"])
     a2.set_ylabel("median time per output token (ms)")
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle(title, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -192,7 +195,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.requests, args.shared, args.groups, args.doc_len, args.question_len = 16, 256, 4, 64, 8
-        args.new_tokens, args.block_size, args.max_batch_tokens = 8, 16, 256
+        args.new_tokens, args.block_size, args.max_batch_tokens, args.rate = 8, 16, 256, 1000.0
     if args.device != "cpu":
         raise SystemExit("continuous_batching.py measures the CPU path (paged|hydrogen reads pages with torch indexing)")
     if args.threads:
@@ -233,10 +236,12 @@ def main(argv=None):
     tag = "_quick" if args.quick else ""
     out = args.out or os.path.join(RESULTS_DIR, f"continuous_batching_cpu{tag}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    plot(results, os.path.splitext(out)[0] + ".png", f"Continuous batching, {where}\n{model_desc(model)}")
+    plot(results, os.path.splitext(out)[0] + ".png",
+         "Continuous batching: " + textwrap.fill(where, 100) + "\n" + model_desc(model))
     for r in results.values():
         r["tokens"] = {k: r["tokens"][k] for k in sorted(r["tokens"])[:2]}  # a sample; equality is recorded
     write_json(out, {"benchmark": "continuous_batching", "quick": args.quick, "workload": where,
+                     "command": "python benchmarks/continuous_batching.py " + " ".join(sys.argv[1:] if argv is None else argv),
                      "model": model_desc(model), "machine": machine_info(), "busy_warning": during or warning,
                      "results": results,
                      "headline": {"speedup_all_decoding": results["paged|hydrogen"].get("speedup_all_decoding"),
