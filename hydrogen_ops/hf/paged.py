@@ -245,11 +245,6 @@ def _step_plan(cache, module, read_index, cu_seq_lens_q, cu_seq_lens_k) -> StepP
     return plans[group_idx]
 
 
-def last_step_plans(cache) -> Dict[int, StepPlan]:
-    """The plans of the last step per layer group (for inspection and tests)."""
-    return dict(getattr(cache, _PLAN_ATTR, {}))
-
-
 def paged_hydrogen_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -316,8 +311,11 @@ def paged_hydrogen_attention_forward(
             (gather_pages(k_pages, lv.slots), gather_pages(v_pages, lv.slots), lv.lens, lv.seq_to_prefix)
             for lv in batch.levels
         ]
-        suffix = (gather_pages(k_pages, batch.suffix_slots), gather_pages(v_pages, batch.suffix_slots), batch.suffix_lens)
-        decoded = _ops.hydragen_attention(q, prefixes, suffix, causal=True, scale=scaling)
+        k, v = gather_pages(k_pages, batch.suffix_slots), gather_pages(v_pages, batch.suffix_slots)
+        if prefixes:
+            decoded = _ops.hydragen_attention(q, prefixes, (k, v, batch.suffix_lens), causal=True, scale=scaling)
+        else:  # requests that share nothing: plain attention over their own slots
+            decoded, _ = _ops.suffix_attention(q, k, v, batch.suffix_lens, causal=True, scale=scaling)
         out[batch.rows] = decoded[:, :, 0, :]
     for q_start, q_end, slots in plan.prefills:
         q = query[:, :, q_start:q_end, :]
