@@ -99,3 +99,20 @@ def _has(mod):
         return True
     except ImportError:
         return False
+
+
+def test_continuous_batching(tmp_path):
+    pytest.importorskip("transformers")
+    import continuous_batching
+
+    out = tmp_path / "cb.json"
+    rc = continuous_batching.main(["--requests", "6", "--shared", "40", "--groups", "2", "--doc-len", "16",
+                                   "--question-len", "3", "--new-tokens", "4", "--block-size", "8",
+                                   "--max-batch-tokens", "64", "--rate", "1000", *TINY_MODEL, "--out", str(out)])
+    assert rc == 0
+    data = _load(out)
+    res = data["results"]
+    assert res["paged|hydrogen"]["identical_tokens"] is True
+    assert res["paged|hydrogen"]["decode_only_steps"] > 0 and res["paged|hydrogen"]["decode_tok_s_all_steps"] > 0
+    assert 0 < res["paged|hydrogen"]["peak_kv_blocks"] < res["paged|hydrogen"]["kv_blocks_without_sharing"]
+    assert "speedup_all_decoding" in data["headline"]

@@ -47,6 +47,7 @@ from .cache import ATTN_IMPLEMENTATION, CACHE_KWARG, SharedPrefixCache  # noqa: 
 from .checks import SUPPORTED_MODEL_TYPES, HydrogenUnsupportedError  # noqa: E402
 from .generation import PreparedBatch, generate, generate_hierarchical, install_generate_hook, prepare  # noqa: E402
 from .trie import SharingPlan, plan_sharing  # noqa: E402
+from . import paged  # noqa: E402,F401  (registers attn_implementation="paged|hydrogen")
 
 register()
 install_generate_hook()
