@@ -17,8 +17,9 @@ tree (a system prompt shared by all, a document shared by a group, the forks of 
 Sharing is decided by slot identity: two requests share a run only when they read the very
 same physical slots at the same logical positions, so they read the same keys and values
 that ``paged|sdpa`` would read for each of them; nothing is inferred from hashes or from one
-block id standing for a run. K/V are read through :func:`gather_pages`, the one place that
-turns slot indices into dense tensors (a paged kernel can replace it).
+block id standing for a run. :func:`attend_slots` reads K/V by slot: on the CPU the paged
+ops read the cache in place (one slot per page); elsewhere the slots are gathered into
+dense tensors first (:func:`gather_pages`), since the CUDA kernels read dense K/V only.
 
 The engine picks behaviour by the implementation's name: ``paged|hydrogen`` gets no 4D mask
 (causality comes from ``cu_seq_lens``), so no mask function is registered for it; it gets no
@@ -45,6 +46,39 @@ _PLAN_ATTR = "_hydrogen_step_plans"
 
 # Process-wide counters of planned steps (read by ``python -m hydrogen_ops.serve`` at exit).
 STATS = {"steps": 0, "decode_steps_with_shared_prefix": 0, "key_reads_saved": 0}
+
+
+def attend_slots(
+    q: torch.Tensor,
+    k_pages: torch.Tensor,
+    v_pages: torch.Tensor,
+    levels: Sequence["SharedLevel"],
+    own_slots: torch.Tensor,
+    own_lens: Optional[torch.Tensor],
+    scaling: Optional[float],
+) -> torch.Tensor:
+    """Attention of ``q [B, Hq, Lq, D]`` over the shared ``levels``, then over each row's own
+    slots (``own_slots [B, L]``, ``own_lens [B]``, causal, bottom-right aligned), merged.
+    ``k_pages``, ``v_pages``: ``[num_slots, Hkv, D]``. Returns ``out`` in q's dtype."""
+    if q.device.type != "cpu":
+        prefixes = [
+            (gather_pages(k_pages, lv.slots), gather_pages(v_pages, lv.slots), lv.lens, lv.seq_to_prefix)
+            for lv in levels
+        ]
+        own = (gather_pages(k_pages, own_slots), gather_pages(v_pages, own_slots), own_lens)
+        return _ops.hydragen_attention(q, prefixes, own, causal=True, scale=scaling)
+    kp, vp = k_pages.unsqueeze(1), v_pages.unsqueeze(1)  # [num_slots, 1, Hkv, D]: a page per slot
+    if own_lens is None:
+        own_lens = torch.full((own_slots.shape[0],), own_slots.shape[1], dtype=torch.int64, device=q.device)
+    partial = torch.float32 if levels else None  # merged once, rounded once
+    parts = [
+        _ops.paged_prefix_attention(q, kp, vp, lv.slots, lv.lens, lv.seq_to_prefix, scale=scaling, out_dtype=partial)
+        for lv in levels
+    ]
+    parts.append(_ops.paged_suffix_attention(q, kp, vp, own_slots, own_lens, scale=scaling, out_dtype=partial))
+    if len(parts) == 1:
+        return parts[0][0]
+    return _ops.merge_attention([o for o, _ in parts], [s for _, s in parts], out_dtype=q.dtype)[0]
 
 
 def gather_pages(pages: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
@@ -307,20 +341,11 @@ def paged_hydrogen_attention_forward(
     out = query.new_zeros(num_tokens, query.shape[1], query.shape[3])
     for batch in plan.decode_batches:
         q = query[0, :, batch.rows, :].transpose(0, 1).unsqueeze(2)  # [B, Hq, 1, D]
-        prefixes = [
-            (gather_pages(k_pages, lv.slots), gather_pages(v_pages, lv.slots), lv.lens, lv.seq_to_prefix)
-            for lv in batch.levels
-        ]
-        k, v = gather_pages(k_pages, batch.suffix_slots), gather_pages(v_pages, batch.suffix_slots)
-        if prefixes:
-            decoded = _ops.hydragen_attention(q, prefixes, (k, v, batch.suffix_lens), causal=True, scale=scaling)
-        else:  # requests that share nothing: plain attention over their own slots
-            decoded, _ = _ops.suffix_attention(q, k, v, batch.suffix_lens, causal=True, scale=scaling)
+        decoded = attend_slots(q, k_pages, v_pages, batch.levels, batch.suffix_slots, batch.suffix_lens, scaling)
         out[batch.rows] = decoded[:, :, 0, :]
     for q_start, q_end, slots in plan.prefills:
         q = query[:, :, q_start:q_end, :]
-        k, v = gather_pages(k_pages, slots[None]), gather_pages(v_pages, slots[None])
-        attended, _ = _ops.suffix_attention(q, k, v, causal=True, scale=scaling)
+        attended = attend_slots(q, k_pages, v_pages, (), slots[None], None, scaling)
         out[q_start:q_end] = attended[0].transpose(0, 1)
     return out.unsqueeze(0), None
 
