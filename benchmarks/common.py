@@ -109,6 +109,24 @@ def pyplot():
     return plt
 
 
+def bar_pair_plot(path: str, title: str, names: List[str], left: List[float], left_label: str,
+                  right: List[float], right_label: str) -> None:
+    """Two bar charts side by side, one bar per name (writes nothing without matplotlib)."""
+    plt = pyplot()
+    if plt is None:
+        return
+    colors = [f"C{i}" for i in range(len(names))]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(7.5, 3.6))
+    a1.bar(names, left, color=colors)
+    a1.set_ylabel(left_label)
+    a2.bar(names, right, color=colors)
+    a2.set_ylabel(right_label)
+    fig.suptitle(title, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _busy_cpus_now(seconds: float = 0.5):
     """CPUs kept busy by other processes right now (from /proc/stat), or None."""
     def sample():

@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import busy_warning, machine_info, markdown_table, progress, pyplot, write_json  # noqa: E402
+from common import bar_pair_plot, busy_warning, machine_info, markdown_table, progress, write_json  # noqa: E402
 from hf_generate import RESULTS_DIR, add_model_args, make_model, model_desc  # noqa: E402
 
 IMPLEMENTATIONS = ("paged|sdpa", "paged|hydrogen")
@@ -163,19 +163,12 @@ def summarize(recorder, outputs, wall, num_requests, blocks_per_request):
 
 
 def plot(results, path, title):
-    plt = pyplot()
-    if plt is None:
-        return
     names = [n for n in IMPLEMENTATIONS if n in results]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(7.5, 3.6))
-    a1.bar(names, [results[n].get("decode_tok_s_all_decoding") or 0 for n in names], color=["C0", "C1"])
-    a1.set_ylabel("decode tok/s, all requests decoding")
-    a2.bar(names, [1e3 * (results[n]["tpot_median_s"] or 0) for n in names], color=["C0", "C1"])
-    a2.set_ylabel("median time per output token (ms)")
-    fig.suptitle(title, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    bar_pair_plot(
+        path, title, names,
+        [results[n].get("decode_tok_s_all_decoding") or 0 for n in names], "decode tok/s, all requests decoding",
+        [1e3 * (results[n]["tpot_median_s"] or 0) for n in names], "median time per output token (ms)",
+    )
 
 
 def main(argv=None):

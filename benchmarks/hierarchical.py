@@ -26,7 +26,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import busy_warning, machine_info, markdown_table, progress, pyplot, write_json  # noqa: E402
+from common import bar_pair_plot, busy_warning, machine_info, markdown_table, progress, write_json  # noqa: E402
 from hf_generate import (  # noqa: E402
     RESULTS_DIR, add_model_args, best_of, make_model, model_desc, run_hydrogen, run_no_attention, run_stock, stock_kv_bytes,
     token_match, warm_up,
@@ -53,19 +53,12 @@ def table_rows(results, steps):
 
 
 def plot(results, steps, path, title):
-    plt = pyplot()
-    if plt is None:
-        return
     names = [n for n in steps if "tokens_per_s" in results[n]]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(7.5, 3.6))
-    a1.bar(names, [results[n]["tokens_per_s"] for n in names], color=["C0", "C1", "C2"][: len(names)])
-    a1.set_ylabel("decode throughput (tokens/s)")
-    a2.bar(names, [results[n]["kv_bytes"] / 2**20 for n in names], color=["C0", "C1", "C2"][: len(names)])
-    a2.set_ylabel("KV cache (MiB)")
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    bar_pair_plot(
+        path, title, names,
+        [results[n]["tokens_per_s"] for n in names], "decode throughput (tokens/s)",
+        [results[n]["kv_bytes"] / 2**20 for n in names], "KV cache (MiB)",
+    )
 
 
 def main(argv=None):
