@@ -69,8 +69,7 @@ def real_model_demo(args):
 
     print("stock generate(): the document prefilled once, its KV copied into each of the "
           f"{B} sequences ...", flush=True)
-    input_ids, attention_mask = smollm2.padded_prompts(prefix, suffixes, 1, eos)
-    s, s_tok = run_stock_padded(model, len(prefix), input_ids, attention_mask, N, **kw)
+    s, s_tok = run_stock_padded(model, prefix, suffixes, 1, N, **kw)
     print("Hydrogen (hydrogen_ops.hf.generate): the document's KV stored once ...", flush=True)
     h, h_tok = run_hydrogen(model, N, 1, prefix=prefix, suffixes=suffixes, **kw)
 
@@ -155,7 +154,11 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32, help="--tiny: completions per prompt")
     ap.add_argument("--prefixes", type=int, nargs="*", default=[1024, 2048, 4096], help="--tiny: prompt lengths")
     ap.add_argument("--out-dir", default="bench_results", help="--tiny: where the plot goes")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default; 1 is faster on a "
+                    "machine that other processes keep busy)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.new_tokens is None:
         args.new_tokens = 16 if args.tiny else 32
     return tiny_model_demo(args) if args.tiny else real_model_demo(args)

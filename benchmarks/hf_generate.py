@@ -145,28 +145,13 @@ def run_stock(model, blocks, repeats, new_tokens, **generate_kwargs):
     """Stock generate() over a DynamicCache holding every row's whole prompt."""
     t0 = time.perf_counter()
     ids, cache = prefill_reused(model, blocks, repeats)
-    return _stock_generate(model, ids, torch.ones_like(ids), cache, new_tokens, t0, **generate_kwargs)
-
-
-def run_stock_padded(model, shared, input_ids, attention_mask, new_tokens, **generate_kwargs):
-    """Stock generate() on rows [shared prefix | pads + own tokens] (hydrogen_ops.hf.generate's
-    layout): the first `shared` columns, equal in every row, are prefilled once and the
-    DynamicCache copied per row; generate() prefills the rest under the padding mask."""
-    if not bool((input_ids[:, :shared] == input_ids[:1, :shared]).all()):
-        raise ValueError("the first `shared` columns of input_ids must be equal in every row")
-    t0 = time.perf_counter()
-    _, cache = prefill_reused(model, [input_ids[:1, :shared]], [input_ids.shape[0]])
-    return _stock_generate(model, input_ids, attention_mask, cache, new_tokens, t0, **generate_kwargs)
-
-
-def _stock_generate(model, ids, attention_mask, cache, new_tokens, t0, **generate_kwargs):
     clock = _Clock(str(model.device))
     with torch.inference_mode():
-        out = model.generate(ids.to(model.device), attention_mask=attention_mask.to(model.device),
-                             past_key_values=cache, **gen_kwargs(new_tokens, clock, **generate_kwargs))
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+                             **gen_kwargs(new_tokens, clock, **generate_kwargs))
     r = clock.decode_stats(ids.shape[0])
     r.update(prefill_s=clock.stamps[0] - t0, kv_bytes=cache_bytes(out.past_key_values))
-    return r, out.sequences[:, ids.shape[1]:]
+    return r, out.sequences[:, -len(clock.stamps):]
 
 
 def run_hydrogen(model, new_tokens, batch, prefix=None, hierarchical=None, suffixes=None, **generate_kwargs):
@@ -368,7 +353,7 @@ def smollm2_rows(args):
             raise ValueError(f"--batches: {b} is neither <= {len(suffixes)} nor a multiple of it")
         sampling = dict(do_sample=True, top_k=50) if samples > 1 else {}
         kw = dict(pad_token_id=pad, **sampling)
-        input_ids, attention_mask = smollm2.padded_prompts(prefix, questions, samples, pad)
+        prompt_tokens = len(prefix) + max(map(len, questions))
 
         def seeded(fn):
             torch.manual_seed(0)
@@ -380,11 +365,10 @@ def smollm2_rows(args):
                                                          suffixes=questions, **kw)),
             ceiling=lambda: seeded(lambda: run_no_attention(model, args.new_tokens, samples, prefix=prefix,
                                                             suffixes=questions, **kw)),
-            stock=lambda: seeded(lambda: run_stock_padded(model, len(prefix), input_ids, attention_mask,
-                                                          args.new_tokens, **kw)),
-            stock_kv_need=stock_kv_bytes(model, b, input_ids.shape[1] + args.new_tokens))
+            stock=lambda: seeded(lambda: run_stock_padded(model, prefix, questions, samples, args.new_tokens, **kw)),
+            stock_kv_need=stock_kv_bytes(model, b, prompt_tokens + args.new_tokens))
         row.update(questions=len(questions), samples_per_question=samples, sampling=bool(sampling),
-                   prompt_tokens=input_ids.shape[1])
+                   prompt_tokens=prompt_tokens)
         rows.append(row)
     return model, smollm2.MODEL_NAME, rows
 

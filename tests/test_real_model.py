@@ -35,8 +35,8 @@ def smol():
 
 
 def _stock_generate(model, prefix, suffixes, num_return_sequences, pad, **kw):
-    """Stock generate() with every row's whole prompt prefilled, in hydrogen_ops.hf.generate's
-    row layout [document | pads + question] (same positions, same masked columns)."""
+    """Plain stock generate() with every row's whole prompt prefilled (no cache reuse), in
+    hydrogen_ops.hf.generate's row layout [document | pads + question]."""
     input_ids, attention_mask = smollm2.padded_prompts(prefix, suffixes, num_return_sequences, pad)
     return model.generate(input_ids, attention_mask=attention_mask, pad_token_id=pad, **kw)
 
@@ -46,7 +46,7 @@ class TestSmolLM2:
         tokenizer, _ = smol
         prefix, suffixes = smollm2.document_prompts(tokenizer, EXCERPT, QUESTIONS)
         for q, s in zip(QUESTIONS, suffixes):
-            assert prefix + s == smollm2.chat_ids(tokenizer, f"{EXCERPT}\n\nQuestion: {q}")
+            assert prefix + s == smollm2.chat_ids(tokenizer, f"{EXCERPT}\n\n\nQuestion: {q}")
         assert 250 < len(prefix) < 450
 
     @torch.inference_mode()

@@ -82,7 +82,6 @@ The islanders are friendly and welcome visitors, but they ask everyone to follow
 """
 
 QUESTIONS = [
-    "How many people live on Kestrel Reach all year round?",
     "Who designed the lighthouse?",
     "In which year was the lighthouse finished?",
     "How tall is the lighthouse tower?",
@@ -114,4 +113,5 @@ QUESTIONS = [
     "What happened in the great storm of 1794?",
     "Who holds the record for the race up Cairn Hill?",
     "What is the average temperature in July?",
+    "How many people live on Kestrel Reach all year round?",
 ]

@@ -99,7 +99,7 @@ def chat_ids(tokenizer, user_text: str, system: Optional[str] = SYSTEM_PROMPT) -
 def document_prompts(
     tokenizer, document: str, questions: Sequence[str], system: Optional[str] = SYSTEM_PROMPT
 ) -> Tuple[List[int], List[List[int]]]:
-    """Chat prompts "<document>\\n\\nQuestion: <question>", one per question, split into the
+    """Chat prompts "<document>\\n\\n\\nQuestion: <question>", one per question, split into the
     part all share and the part each has alone: ``(prefix_ids, [suffix_ids per question])``.
 
     The split falls at the end of the document's last word or punctuation, where the
@@ -111,7 +111,8 @@ def document_prompts(
     if not document:
         raise ValueError("document must not be empty")
     split, slot = "\x00SPLIT\x00", "\x00QUESTION\x00"
-    template = _chat_text(tokenizer, f"{document}{split}\n\nQuestion: {slot}", system)
+    # (SmolLM2-135M answers more questions correctly with two blank lines than with one.)
+    template = _chat_text(tokenizer, f"{document}{split}\n\n\nQuestion: {slot}", system)
     shared, own = template.split(split)
     return _ids(tokenizer, shared), [_ids(tokenizer, own.replace(slot, q)) for q in questions]
 
@@ -133,6 +134,26 @@ def padded_prompts(
             ids.append(list(prefix_ids) + [pad_token_id] * pad + list(s))
             mask.append([1] * len(prefix_ids) + [0] * pad + [1] * len(s))
     return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+
+
+@torch.inference_mode()
+def generate_stock(model, prefix_ids, suffix_ids, num_return_sequences: int = 1, **generate_kwargs):
+    """Stock transformers ``generate()`` on the rows ``hydrogen_ops.hf.generate`` decodes, to
+    compare with: the prefix is prefilled once into a ``DynamicCache`` that is then copied
+    for every row (transformers' prompt-reuse recipe), so each row holds its own copy of the
+    prefix's KV, as in any stock batch; the rest of every prompt is prefilled by ``generate()``.
+    ``generate_kwargs`` go to ``model.generate`` (``pad_token_id`` also pads the prompts)."""
+    from transformers import DynamicCache
+
+    pad = generate_kwargs.get("pad_token_id")
+    input_ids, attention_mask = padded_prompts(prefix_ids, suffix_ids, num_return_sequences, pad or 0)
+    input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
+    cache = DynamicCache(config=model.config)
+    shared = len(prefix_ids) - 1  # generate() needs at least one uncached prompt column
+    if shared > 0:
+        model(input_ids=input_ids[:1, :shared], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(input_ids.shape[0])
+    return model.generate(input_ids, attention_mask=attention_mask, past_key_values=cache, **generate_kwargs)
 
 
 def answers(tokenizer, sequences: torch.Tensor, prompt_length: int) -> List[str]:
