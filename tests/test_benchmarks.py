@@ -71,6 +71,16 @@ def test_hf_generate_compile(tmp_path):
     assert row["compiled_tok_s"] > 0 and row["compiled_vs_eager"] > 0
 
 
+def test_demo_tiny(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    import demo
+
+    rc = demo.main(["--tiny", "--batch", "2", "--prefixes", "48", "--new-tokens", "3", "--out-dir", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "outputs identical: yes" in out and "memory saved" in out
+
+
 def test_hierarchical(tmp_path):
     pytest.importorskip("transformers")
     import hierarchical

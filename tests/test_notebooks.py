@@ -2,7 +2,8 @@
 
 nbclient runs each on the "python3" kernel; jupyter_client starts it with the interpreter
 running pytest (the .venv, where hydrogen_ops is built in place), from the notebooks/ folder.
-Each notebook must finish within 2 minutes.
+Each notebook must finish within 3 minutes (quickstart and huggingface load SmolLM2-135M-Instruct,
+about 20 s, and prefill its 2,353-token document several times).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK_DIR = os.path.join(ROOT, "notebooks")
 NOTEBOOKS = sorted(f for f in os.listdir(NOTEBOOK_DIR) if f.endswith(".ipynb"))
-BUDGET_S = 120
+BUDGET_S = 180
 
 
 def test_notebooks_exist():

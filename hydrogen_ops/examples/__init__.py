@@ -1,0 +1,1 @@
+"""Ready-made inputs for the examples, demo and benchmarks: a small trained model and a long document."""
