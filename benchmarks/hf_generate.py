@@ -241,15 +241,14 @@ def run_no_attention(model, new_tokens, batch, prefix=None, hierarchical=None, s
     """The paper's ceiling: the Hydrogen run (same cache, same generate() path, same q/k/v/o
     projections) with the attention output replaced by the query."""
     import hydrogen_ops.hf as hf
+    from transformers import AttentionInterface
 
-    real = hf.hydrogen_attention_forward
-    hf.hydrogen_attention_forward = _no_attention  # hf.enable() registers this module global
+    AttentionInterface.register(hf.ATTN_IMPLEMENTATION, _no_attention)
     try:
         r, _ = run_hydrogen(model, new_tokens, batch, prefix=prefix, hierarchical=hierarchical, suffixes=suffixes,
                             **generate_kwargs)
     finally:
-        hf.hydrogen_attention_forward = real
-        hf._register()
+        hf.register()
     return r
 
 
