@@ -5,7 +5,7 @@
 
 #include <cmath>
 #include <limits>
-#include <string>
+
 
 namespace hydrogen {
 
@@ -13,7 +13,14 @@ bool is_supported_float(at::ScalarType dtype) {
   return dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
 }
 
-SymAttentionDims check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool paged) {
+std::ostream& operator<<(std::ostream& os, const OpName& name) {
+  os << name.op;
+  if (name.part != nullptr) os << ": " << name.part;
+  if (name.index >= 0) os << " " << name.index;
+  return os;
+}
+
+SymAttentionDims check_qkv(const OpName& op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool paged) {
   const char* kv_layout = paged ? "[num_blocks, block_size, kv_heads, head_dim]" : "[n, kv_heads, kv_len, head_dim]";
   TORCH_CHECK_VALUE(q.dim() == 4, op, ": q must have rank 4 [batch, q_heads, q_len, head_dim], got shape ", q.sym_sizes());
   TORCH_CHECK_VALUE(k.dim() == 4, op, ": k must have rank 4 ", kv_layout, ", got shape ", k.sym_sizes());
@@ -48,7 +55,7 @@ namespace {
 
 // Checks an optional 1-D integer length/index tensor of `expected_numel` entries on q's device.
 void check_index_tensor(
-    const char* op, const char* name, const c10::optional<at::Tensor>& t, const c10::SymInt& expected_numel,
+    const OpName& op, const char* name, const c10::optional<at::Tensor>& t, const c10::SymInt& expected_numel,
     const at::Tensor& q) {
   if (!t.has_value()) {
     return;
@@ -64,16 +71,16 @@ void check_index_tensor(
       x.device() == q.device(), op, ": ", name, " must be on q's device (", q.device(), "), got ", x.device());
 }
 
+}  // namespace
+
 AttentionDims concrete(const SymAttentionDims& d) {
   return {d.batch.expect_int(),    d.q_heads.expect_int(),  d.q_len.expect_int(),  d.head_dim.expect_int(),
           d.kv_batch.expect_int(), d.kv_heads.expect_int(), d.kv_len.expect_int()};
 }
 
-}  // namespace
-
 SymAttentionDims check_prefix_shapes(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& kv_lens,
-    const c10::optional<at::Tensor>& seq_to_prefix, const char* op) {
+    const c10::optional<at::Tensor>& seq_to_prefix, const OpName& op) {
   SymAttentionDims d = check_qkv(op, q, k, v);
   check_index_tensor(op, "kv_lens", kv_lens, d.kv_batch, q);
   check_index_tensor(op, "seq_to_prefix", seq_to_prefix, d.batch, q);
@@ -85,7 +92,7 @@ SymAttentionDims check_prefix_shapes(
 
 SymAttentionDims check_suffix_shapes(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& kv_lens,
-    const char* op) {
+    const OpName& op) {
   SymAttentionDims d = check_qkv(op, q, k, v);
   TORCH_CHECK_VALUE(
       d.kv_batch == d.batch, op, ": k and v must hold one sequence per query sequence: expected k.shape[0] == ",
@@ -132,7 +139,7 @@ AttentionDims check_paged_args(
   return concrete(check_paged_shapes(op, q, k_pages, v_pages, block_table, kv_lens, seq_to_prefix, per_sequence));
 }
 
-void check_hydragen_shapes(
+std::vector<SymAttentionDims> check_hydragen_shapes(
     const at::Tensor& q, at::TensorList prefix_k, at::TensorList prefix_v,
     const c10::List<c10::optional<at::Tensor>>& prefix_kv_lens,
     const c10::List<c10::optional<at::Tensor>>& seq_to_prefix, const c10::optional<at::Tensor>& suffix_k,
@@ -149,14 +156,16 @@ void check_hydragen_shapes(
   TORCH_CHECK_VALUE(
       suffix_k.has_value() || !suffix_kv_lens.has_value(), op, ": suffix_kv_lens is given without a suffix");
   TORCH_CHECK_VALUE(n > 0 || suffix_k.has_value(), op, ": give at least one prefix level or a suffix");
+  std::vector<SymAttentionDims> dims;
   for (size_t i = 0; i < n; ++i) {
-    const std::string level = std::string(op) + ": prefix level " + std::to_string(i);
-    check_prefix_shapes(q, prefix_k[i], prefix_v[i], prefix_kv_lens.get(i), seq_to_prefix.get(i), level.c_str());
+    dims.push_back(check_prefix_shapes(
+        q, prefix_k[i], prefix_v[i], prefix_kv_lens.get(i), seq_to_prefix.get(i),
+        OpName(op, "prefix level", static_cast<int64_t>(i))));
   }
   if (suffix_k.has_value()) {
-    const std::string suffix = std::string(op) + ": suffix";
-    check_suffix_shapes(q, *suffix_k, *suffix_v, suffix_kv_lens, suffix.c_str());
+    dims.push_back(check_suffix_shapes(q, *suffix_k, *suffix_v, suffix_kv_lens, OpName(op, "suffix")));
   }
+  return dims;
 }
 
 AttentionDims check_prefix_args(

@@ -11,6 +11,7 @@
 #include <ATen/core/List.h>
 #include <c10/util/Optional.h>
 
+#include <ostream>
 #include <tuple>
 #include <vector>
 
@@ -18,6 +19,18 @@ namespace hydrogen {
 
 // The largest head dim accepted: bounds per-thread scratch and shared memory.
 constexpr int64_t kMaxHeadDim = 1024;
+
+// The call an error message names: an op, or a part of one ("hydragen_attention: prefix
+// level 1"). Formatted only when a check fails, so checking costs no string building.
+struct OpName {
+  const char* op;
+  const char* part = nullptr;
+  int64_t index = -1;
+  OpName(const char* op_name) : op(op_name) {}  // NOLINT: implicit from a plain op name
+  OpName(const char* op_name, const char* part_name, int64_t part_index = -1)
+      : op(op_name), part(part_name), index(part_index) {}
+};
+std::ostream& operator<<(std::ostream& os, const OpName& name);
 
 // Sizes of one attention call, after validation.
 template <typename Int>
@@ -39,18 +52,18 @@ using SymAttentionDims = Dims<c10::SymInt>;  // what the rules see (symbolic und
 // returned kv_batch and kv_len are those of the pages; the caller sets them from the
 // block table).
 SymAttentionDims check_qkv(
-    const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool paged = false);
+    const OpName& op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool paged = false);
 
 // Validates prefix_attention's arguments (including P == 1 when seq_to_prefix is None).
 // `op` names the call in error messages.
 SymAttentionDims check_prefix_shapes(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& kv_lens,
-    const c10::optional<at::Tensor>& seq_to_prefix, const char* op = "prefix_attention");
+    const c10::optional<at::Tensor>& seq_to_prefix, const OpName& op = "prefix_attention");
 
 // Validates suffix_attention's arguments (k and v hold one sequence per query sequence).
 SymAttentionDims check_suffix_shapes(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& kv_lens,
-    const char* op = "suffix_attention");
+    const OpName& op = "suffix_attention");
 
 // Validates paged_prefix_attention's (per_sequence false) or paged_suffix_attention's
 // (per_sequence true) arguments: pages [num_blocks, block_size, Hkv, D], an integer
@@ -67,11 +80,15 @@ AttentionDims check_paged_args(
 
 // Validates hydragen_attention's arguments: parallel per-level lists, each level as in
 // prefix_attention, the optional suffix as in suffix_attention, at least one of them.
-void check_hydragen_shapes(
+// Returns the dims of every level, then of the suffix when there is one.
+std::vector<SymAttentionDims> check_hydragen_shapes(
     const at::Tensor& q, at::TensorList prefix_k, at::TensorList prefix_v,
     const c10::List<c10::optional<at::Tensor>>& prefix_kv_lens,
     const c10::List<c10::optional<at::Tensor>>& seq_to_prefix, const c10::optional<at::Tensor>& suffix_k,
     const c10::optional<at::Tensor>& suffix_v, const c10::optional<at::Tensor>& suffix_kv_lens);
+
+// The sizes of real tensors (not symbolic).
+AttentionDims concrete(const SymAttentionDims& d);
 
 // The same checks for real tensors, returning concrete sizes.
 AttentionDims check_prefix_args(

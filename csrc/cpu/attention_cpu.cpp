@@ -610,7 +610,8 @@ std::tuple<at::Tensor, at::Tensor> hydragen_attention_cpu(
     const c10::optional<at::Tensor>& suffix_v, const c10::optional<at::Tensor>& suffix_kv_lens, bool causal,
     c10::optional<double> scale, c10::optional<at::ScalarType> out_dtype) {
   const char* op = "hydragen_attention";
-  check_hydragen_shapes(q_in, prefix_k, prefix_v, prefix_kv_lens, seq_to_prefix, suffix_k, suffix_v, suffix_kv_lens);
+  const std::vector<SymAttentionDims> dims =
+      check_hydragen_shapes(q_in, prefix_k, prefix_v, prefix_kv_lens, seq_to_prefix, suffix_k, suffix_v, suffix_kv_lens);
   const at::Tensor q = last_dim_contiguous(q_in);
   const int64_t B = q.size(0), Hq = q.size(1), Lq = q.size(2), D = q.size(3);
   const float sc = static_cast<float>(resolve_scale(op, scale, D));
@@ -618,8 +619,8 @@ std::tuple<at::Tensor, at::Tensor> hydragen_attention_cpu(
 
   std::vector<PrefixLevel> levels;
   for (size_t i = 0; i < prefix_k.size(); ++i) {
-    const AttentionDims d = check_prefix_args(q, prefix_k[i], prefix_v[i], prefix_kv_lens.get(i), seq_to_prefix.get(i));
-    levels.push_back(read_prefix_level(op, d, prefix_k[i], prefix_v[i], prefix_kv_lens.get(i), seq_to_prefix.get(i)));
+    levels.push_back(read_prefix_level(
+        op, concrete(dims[i]), prefix_k[i], prefix_v[i], prefix_kv_lens.get(i), seq_to_prefix.get(i)));
   }
   const Sharing mode = sharing_mode();
   std::vector<const PrefixLevel*> shared, folded;
@@ -629,7 +630,7 @@ std::tuple<at::Tensor, at::Tensor> hydragen_attention_cpu(
   at::Tensor sk, sv;
   std::vector<int64_t> suffix_lens;
   if (suffix_k.has_value()) {
-    const AttentionDims d = check_suffix_args(q, *suffix_k, *suffix_v, suffix_kv_lens);
+    const AttentionDims d = concrete(dims.back());
     sk = last_dim_contiguous(*suffix_k);
     sv = last_dim_contiguous(*suffix_v);
     suffix_lens = read_lengths(op, suffix_kv_lens, B, d.kv_len, "the padded suffix length");
