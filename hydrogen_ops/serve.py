@@ -106,7 +106,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     args = serve_argv(argv)
     import hydrogen_ops.hf  # noqa: F401  (registers paged|hydrogen)
+    from hydrogen_ops.hf._compat import continuous_batching_unsupported
     from hydrogen_ops.hf.paged import STATS
+
+    if any(a.endswith("paged|hydrogen") for a in args) and continuous_batching_unsupported() is not None:
+        sys.exit(f"hydrogen_ops.serve: {continuous_batching_unsupported()}")
 
     _accept_paged_implementations()
     import click

@@ -15,8 +15,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 import hydrogen_ops.hf as hf  # noqa: E402
 from hf_models import make_model, random_ids  # noqa: E402
 from hydrogen_ops.hf import paged  # noqa: E402
+from hydrogen_ops.hf._compat import continuous_batching_unsupported  # noqa: E402
 from transformers import AttentionInterface, GenerationConfig  # noqa: E402
 from transformers.generation.configuration_utils import ContinuousBatchingConfig  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    continuous_batching_unsupported() is not None, reason=str(continuous_batching_unsupported())
+)
 from transformers.generation.continuous_batching.input_outputs import ContinuousBatchingIOs  # noqa: E402
 
 BLOCK = 8
@@ -292,3 +297,4 @@ def test_sliding_window_model_is_refused():
     out = model.generate_batch([random_ids(20, 0)], generation_config=gen_config(), continuous_batching_config=cb_config())
     (result,) = out.values()
     assert "sliding-window" in str(result.error)
+

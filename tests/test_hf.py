@@ -691,3 +691,14 @@ def test_cuda_graphs_decode():
         finally:
             del model.forward
     assert all(torch.equal(o, stock) for o in ours)
+
+
+def test_other_transformers_versions_are_refused_clearly(monkeypatch):
+    """paged|hydrogen reads 5.17's paged cache: another engine gets a clear refusal, not an
+    attribute error deep inside the generation loop."""
+    from hydrogen_ops.hf import HydrogenUnsupportedError, _compat
+
+    model = make_model("llama", attn_implementation="paged|hydrogen")
+    monkeypatch.setattr(_compat.transformers, "__version__", "5.18.0")
+    with pytest.raises(HydrogenUnsupportedError, match=r"transformers 5\.17.*5\.18\.0 is installed"):
+        model(torch.tensor([random_ids(5, 0)]))

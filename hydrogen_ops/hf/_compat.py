@@ -13,6 +13,22 @@ import transformers
 # (older than the cache and attention interfaces this package builds on).
 SUPPORTED_TRANSFORMERS = ((5, 17), (5, 18))
 _OLDEST = (5, 17)
+# The continuous-batching engine whose paged cache and step inputs paged|hydrogen reads
+# (5.18 reorganised the paged cache; 5.24 accepts only its own implementation names).
+CONTINUOUS_BATCHING_TRANSFORMERS = ((5, 17),)
+
+
+def continuous_batching_unsupported() -> Optional[str]:
+    """Why the installed transformers' continuous batching cannot run paged|hydrogen, or None."""
+    if _major_minor(transformers.__version__) in CONTINUOUS_BATCHING_TRANSFORMERS:
+        return None
+    tested = ", ".join(f"{a}.{b}" for a, b in CONTINUOUS_BATCHING_TRANSFORMERS)
+    return (
+        f"paged|hydrogen drives the continuous-batching engine of transformers {tested}, whose paged cache "
+        f"and step inputs it reads; transformers {transformers.__version__} is installed. Install "
+        f'"transformers=={tested}.*" for continuous batching, or use attn_implementation="hydrogen" with '
+        "generate(), which shares prefixes on this version."
+    )
 
 
 def _major_minor(version: str) -> Optional[Tuple[int, int]]:

@@ -39,6 +39,7 @@ from transformers import AttentionInterface
 
 import hydrogen_ops as _ops
 
+from ._compat import continuous_batching_unsupported
 from .checks import HydrogenUnsupportedError
 
 PAGED_ATTN_IMPLEMENTATION = "paged|hydrogen"
@@ -294,6 +295,9 @@ def paged_hydrogen_attention_forward(
     Writes the step's keys and values into the paged cache through the cache's own ``update``,
     then attends as described in the module docstring. Returns ``([1, tokens, Hq, D], None)``.
     """
+    unsupported_engine = continuous_batching_unsupported()
+    if unsupported_engine is not None:
+        raise HydrogenUnsupportedError(unsupported_engine)
     cache = kwargs.get("cache")
     if cache is None:
         raise ValueError(
