@@ -1,4 +1,5 @@
-"""Typed wrappers over ``torch.ops.hydrogen`` and the Hydragen composition of the three ops.
+"""Typed wrappers over ``torch.ops.hydrogen``: the three single ops, their paged forms and
+the fused ``hydragen_attention``.
 
 The ops' fake (meta) kernels are registered in C++ (csrc/attention_meta.cpp) and apply the
 same shape rules as the device kernels, so torch.compile refuses bad input at trace time."""
