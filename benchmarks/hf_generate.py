@@ -271,6 +271,17 @@ def warm_up(model, vocab):
     run_no_attention(model, 3, 2, prefix=ids)
 
 
+def _finish_throughput_plot(plt, fig, ax, path, title):
+    """The y axis (decode tokens/s from 0), title and legend of a throughput plot; writes it."""
+    ax.set_ylabel("decode throughput (tokens/s)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_prefix(rows, path, title):
     """Decode tokens/s against prefix length (the Hydragen paper's Figure 3), one colour per batch."""
     plt = pyplot()
@@ -294,13 +305,7 @@ def plot_prefix(rows, path, title):
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_xticks(sorted({r["prefix"] for r in rows}))
     ax.set_xlabel("shared prefix length (tokens)")
-    ax.set_ylabel("decode throughput (tokens/s)")
-    ax.set_ylim(bottom=0)
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish_throughput_plot(plt, fig, ax, path, title)
 
 
 def plot_batch(rows, path, title):
@@ -319,13 +324,7 @@ def plot_batch(rows, path, title):
     ax.set_xscale("log", base=2)
     ax.set_xticks(x, [str(b) for b in x])
     ax.set_xlabel(f"sequences (prompt {rows[0]['prompt_tokens']} tokens, {rows[0]['prefix']} shared)")
-    ax.set_ylabel("decode throughput (tokens/s)")
-    ax.set_ylim(bottom=0)
-    ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish_throughput_plot(plt, fig, ax, path, title)
 
 
 def short_desc(model, name=None):
